@@ -13,21 +13,28 @@ chunk rather than the whole corpus (that is what bounds memory); the reference a
 cut at the front from the same binomial law as Google's token-by-token coin flips.
 """
 
+import os
+import sys
+
+if __package__ in (None, ""):
+    # Run as a file (python3 bert_data/x.py): Python put bert_data/ first on sys.path, where our
+    # `inspect.py` would shadow the standard library's. Import from the repository root instead.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+
 import argparse
 import codecs
+import contextlib
 import glob
 import itertools
 import multiprocessing
-import os
 import random
-import sys
 import time
 from collections import deque
 
 import numpy as np
-
-if __package__ in (None, ""):  # run as a file: python3 bert_data/create_pretraining_data.py
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bert_data import records
 from bert_data.errors import UserError, cli_main
@@ -460,21 +467,12 @@ def _format_summary(stats, seconds, seq, outputs):
     return "\n".join(lines)
 
 
-def run(args):
-    """Runs the whole conversion; returns the stats dict (also printed as a summary)."""
-    start = time.time()
-    _check_args(args)
-    files = expand_inputs(args.input_file)
-    outputs = _outputs(args.output_file)
-    total_bytes = sum(os.path.getsize(f) for f in files)
-    if total_bytes == 0:
-        raise UserError(f"input is empty: {args.input_file}")
-    tok = FullTokenizer(args.vocab_file, args.do_lower_case)
-    check_casing(tok.vocab, args.do_lower_case, args.vocab_file)
+def _chunk_config(args, tok):
+    """The plain dict every worker needs to build a chunk (picklable, no open handles)."""
     is_cont = np.zeros(max(tok.inv_vocab) + 1, bool)
     for token, index in tok.vocab.items():
         is_cont[index] = token.startswith("##")
-    cfg = {
+    return {
         "vocab_file": args.vocab_file,
         "do_lower_case": args.do_lower_case,
         "sequence_length": args.sequence_length,
@@ -492,65 +490,75 @@ def run(args):
         "sep_id": tok.vocab["[SEP]"],
         "mask_id": tok.vocab["[MASK]"],
     }
+
+
+def _ordered_results(chunks, cfg, num_workers):
+    """Yields (chunk text size, build_chunk result) in chunk order, at most 2 x workers in flight."""
+    if num_workers <= 1:
+        for index, documents in enumerate(chunks):
+            yield _text_size(documents), build_chunk(index, documents, cfg)
+        return
+    pool = multiprocessing.get_context("fork").Pool(num_workers, initializer=_worker_init)
+    try:
+        pending = deque()
+        for index, documents in enumerate(chunks):
+            pending.append(
+                (_text_size(documents), pool.apply_async(build_chunk, (index, documents, cfg)))
+            )
+            if len(pending) >= 2 * num_workers:
+                size, result = pending.popleft()
+                yield size, result.get()
+        while pending:
+            size, result = pending.popleft()
+            yield size, result.get()
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
+
+
+def _text_size(documents):
+    return sum(len(line) + 1 for doc in documents for line in doc)
+
+
+def run(args):
+    """Runs the whole conversion; returns the stats dict (also printed as a summary)."""
+    from tqdm import tqdm
+
+    start = time.time()
+    _check_args(args)
+    files = expand_inputs(args.input_file)
+    outputs = _outputs(args.output_file)
+    total_bytes = sum(os.path.getsize(f) for f in files)
+    if total_bytes == 0:
+        raise UserError(f"input is empty: {args.input_file}")
+    tok = FullTokenizer(args.vocab_file, args.do_lower_case)
+    check_casing(tok.vocab, args.do_lower_case, args.vocab_file)
+    cfg = _chunk_config(args, tok)
     _ReplacementCounter.count = 0
     temps = [f"{path}.tmp-{os.getpid()}" for path in outputs]
-    handles, pool = [], None
     stats = dict.fromkeys(STAT_KEYS, 0)
     try:
-        handles = [open(t, "wb") for t in temps]
-        chunks = read_chunks(files, int(args.chunk_size_mb * 2**20))
-        if args.num_workers > 1:
-            context = multiprocessing.get_context("fork")
-            pool = context.Pool(args.num_workers, initializer=_worker_init)
-        results = deque()
-
-        def submit(item):
-            index, documents = item
-            if pool is None:
-                results.append(build_chunk(index, documents, cfg))
-            else:
-                results.append(pool.apply_async(build_chunk, (index, documents, cfg)))
-
-        from tqdm import tqdm
-
-        progress = tqdm(
-            total=total_bytes, unit="B", unit_scale=True, disable=args.quiet, desc="text"
-        )
-        window = 2 * max(args.num_workers, 1)
-        source = enumerate(chunks)
-        sizes = deque()
-        written = 0
-        exhausted = False
-        while True:
-            while not exhausted and len(results) < window:
-                item = next(source, None)
-                if item is None:
-                    exhausted = True
+        with contextlib.ExitStack() as stack:
+            handles = [stack.enter_context(open(t, "wb")) for t in temps]
+            progress = stack.enter_context(
+                tqdm(total=total_bytes, unit="B", unit_scale=True, disable=args.quiet, desc="text")
+            )
+            chunks = read_chunks(files, int(args.chunk_size_mb * 2**20))
+            results = stack.enter_context(
+                contextlib.closing(_ordered_results(chunks, cfg, args.num_workers))
+            )
+            for size, (data, lengths, chunk_stats) in results:
+                progress.update(size)
+                if args.max_samples >= 0:
+                    lengths = lengths[: max(args.max_samples - stats["instances"], 0)]
+                    chunk_stats["instances"] = len(lengths)
+                _write_round_robin(handles, data, lengths, stats["instances"])
+                for key in STAT_KEYS:
+                    stats[key] += chunk_stats[key]
+                if 0 <= args.max_samples <= stats["instances"]:
                     break
-                sizes.append(sum(len(line) + 1 for doc in item[1] for line in doc))
-                submit(item)
-            if not results:
-                break
-            result = results.popleft()
-            data, lengths, chunk_stats = result if pool is None else result.get()
-            progress.update(sizes.popleft())
-            if args.max_samples >= 0:
-                lengths = lengths[: max(args.max_samples - written, 0)]
-                chunk_stats["instances"] = len(lengths)
-            _write_round_robin(handles, data, lengths, written)
-            written += len(lengths)
-            for key in STAT_KEYS:
-                stats[key] += chunk_stats[key]
-            if 0 <= args.max_samples <= written:
-                break
-        progress.update(max(total_bytes - progress.n, 0))  # progress counts characters, total bytes
-        progress.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
-            pool = None
-        for h in handles:
-            h.close()
+            progress.update(max(total_bytes - progress.n, 0))  # it counts characters of text
         if stats["documents"] == 0:
             raise UserError(f"input has no text (only blank lines): {args.input_file}")
         for temp, path in zip(temps, outputs):
@@ -558,10 +566,6 @@ def run(args):
     except KeyboardInterrupt:
         raise UserError("interrupted; no output file was written", exit_code=130) from None
     finally:
-        if pool is not None:
-            pool.terminate()
-        for h in handles:
-            h.close()
         for temp in temps:
             if os.path.exists(temp):
                 os.remove(temp)

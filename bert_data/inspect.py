@@ -1,0 +1,201 @@
+"""Decode pretraining TFRecords back to text and print dataset statistics.
+
+    python3 -m bert_data.inspect FILE [FILE ...] --vocab-file vocab.txt [-n 3]
+
+Works on both layouts (Google's standard features and the remask/static-mask layout; detected per file).
+Masked positions are shown as `[MASK](original)`, random replacements as `~token(original)` and kept ones
+as `=token`; segment B follows the first [SEP]. Every record is read and CRC-checked for the statistics;
+the first `-n` are printed.
+"""
+
+import os
+import sys
+
+if __package__ in (None, ""):
+    # Run as a file (python3 bert_data/x.py): Python put bert_data/ first on sys.path, where our
+    # `inspect.py` would shadow the standard library's. Import from the repository root instead.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+
+import argparse
+import struct
+
+import numpy as np
+
+from bert_data.errors import UserError, cli_main
+from bert_data.records import read_records
+from bert_data.tokenization import load_vocab
+
+
+def _varint(data, pos):
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(data):
+    """Yields (field number, wire type, value) of a protobuf message (only wire types 0 and 2)."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            value, pos = data[pos : pos + length], pos + length
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+        yield number, wire, value
+
+
+def parse_example(record):
+    """A serialised tf.train.Example -> {feature name: list of ints or floats}."""
+    out = {}
+    for _, _, features in _fields(record):  # Example.features
+        for _, _, entry in _fields(features):  # Features.feature map entries
+            name, feature = None, b""
+            for number, _, value in _fields(entry):
+                if number == 1:
+                    name = bytes(value).decode()
+                else:
+                    feature = value
+            values = []
+            for kind, _, lst in _fields(feature):  # 1 bytes, 2 float, 3 int64
+                for _, wire, packed in _fields(lst):
+                    if kind == 2:
+                        if wire == 2:
+                            values += list(struct.unpack(f"<{len(packed) // 4}f", packed))
+                        else:
+                            raise ValueError("unpacked float lists are not supported")
+                    elif kind == 3:
+                        if wire == 0:
+                            values.append(packed)
+                        else:
+                            pos = 0
+                            while pos < len(packed):
+                                v, pos = _varint(packed, pos)
+                                values.append(v)
+                    else:
+                        values.append(bytes(packed))
+            out[name] = values
+    return out
+
+
+def to_standard(ex):
+    """Either layout -> standard-layout numpy arrays (remask records are put back in position order)."""
+    if "input_mask" in ex:
+        return {k: np.asarray(v) for k, v in ex.items()}
+    ids, pos, seg = (np.asarray(ex[k]) for k in ("input_ids", "input_position", "segment_ids"))
+    k = ex["mask_padding_index"][0]
+    end = ex["seq_padding_index"][0]
+    P = len(ex["masked_labels"])
+    slots = [s for s in range(end) if s < k or s >= P]
+    seq = len(ids)
+    std_ids, std_seg, mask = np.zeros(seq, int), np.zeros(seq, int), np.zeros(seq, int)
+    for s in slots:
+        std_ids[pos[s]], std_seg[pos[s]], mask[pos[s]] = ids[s], seg[s], 1
+    positions = np.zeros(P, int)
+    positions[:k] = np.asarray(ex["masked_lm_positions"][:k])
+    return {
+        "input_ids": std_ids,
+        "input_mask": mask,
+        "segment_ids": std_seg,
+        "masked_lm_positions": positions,
+        "masked_lm_ids": np.asarray(ex["masked_labels"]),
+        "masked_lm_weights": np.asarray(ex["masked_lm_weights"]),
+        "next_sentence_labels": np.asarray(ex["next_sentence_labels"]),
+    }
+
+
+def render(std, inv_vocab, mask_id):
+    """One instance as readable text."""
+    length = int(std["input_mask"].sum())
+    tokens = [inv_vocab.get(int(i), f"<{i}>") for i in std["input_ids"][:length]]
+    weights = std["masked_lm_weights"]
+    for p, label, w in zip(std["masked_lm_positions"], std["masked_lm_ids"], weights):
+        if w <= 0:
+            continue
+        original = inv_vocab.get(int(label), f"<{label}>")
+        shown = std["input_ids"][p]
+        if shown == mask_id:
+            tokens[p] = f"[MASK]({original})"
+        elif shown == label:
+            tokens[p] = f"={original}"
+        else:
+            tokens[p] = f"~{tokens[p]}({original})"
+    nsp = "random next (label 1)" if std["next_sentence_labels"][0] else "actual next (label 0)"
+    return " ".join(tokens), nsp
+
+
+def inspect_files(files, vocab_file, n):
+    """Prints the first `n` decoded records and statistics over all; returns the statistics dict."""
+    vocab = load_vocab(vocab_file)
+    inv_vocab = {i: t for t, i in vocab.items()}
+    if "[MASK]" not in vocab:
+        raise UserError(f"vocab {vocab_file} has no [MASK] token: wrong --vocab-file?")
+    mask_id, unk_id = vocab["[MASK]"], vocab.get("[UNK]", -1)
+    s = dict(records=0, real=0, seq=0, masked=0, as_mask=0, kept=0, random_next=0, unk=0)
+    layouts = set()
+    shown = 0
+    for path in files:
+        if not os.path.isfile(path):
+            raise UserError(f"file not found: {path}")
+        try:
+            for index, record in enumerate(read_records(path)):
+                ex = parse_example(record)
+                layouts.add("standard" if "input_mask" in ex else "remask")
+                std = to_standard(ex)
+                top = int(std["input_ids"].max())
+                if top >= max(inv_vocab) + 1:
+                    raise UserError(
+                        f"{path} record {index} has token id {top} >= vocab size "
+                        f"{max(inv_vocab) + 1}: wrong --vocab-file?"
+                    )
+                w = std["masked_lm_weights"] > 0
+                at = std["input_ids"][std["masked_lm_positions"]]
+                s["records"] += 1
+                s["seq"] += len(std["input_ids"])
+                s["real"] += int(std["input_mask"].sum())
+                s["masked"] += int(w.sum())
+                s["as_mask"] += int(((at == mask_id) & w).sum())
+                s["kept"] += int(((at == std["masked_lm_ids"]) & w).sum())
+                s["random_next"] += int(std["next_sentence_labels"][0])
+                s["unk"] += int((std["input_ids"] == unk_id).sum())
+                if shown < n:
+                    text, nsp = render(std, inv_vocab, mask_id)
+                    print(f"--- {path} record {index} [{nsp}]\n{text}\n")
+                    shown += 1
+        except (ValueError, IndexError, UnicodeDecodeError) as err:
+            raise UserError(f"cannot read {path}: {err}") from None
+    if not s["records"]:
+        raise UserError(f"no records in {', '.join(files)}")
+    r, m = s["records"], max(s["masked"], 1)
+    print(f"files: {len(files)}  layout: {'/'.join(sorted(layouts))}  records: {r}")
+    print(f"sequence length: {s['seq'] // r}  mean real tokens: {s['real'] / r:.2f}  "
+          f"real-token fraction: {s['real'] / s['seq']:.4f}  [UNK] rate: {s['unk'] / max(s['real'], 1):.4f}")  # fmt: skip
+    print(f"mean masked positions: {s['masked'] / r:.3f}  as [MASK]/kept/random: "
+          f"{s['as_mask'] / m:.3f}/{s['kept'] / m:.3f}/{(m - s['as_mask'] - s['kept']) / m:.3f}")  # fmt: skip
+    print(f"NSP random-next fraction: {s['random_next'] / r:.3f}")
+    return s
+
+
+@cli_main
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python3 -m bert_data.inspect", description=__doc__)
+    parser.add_argument("files", nargs="+", help="TFRecord files")
+    parser.add_argument("--vocab-file", required=True, help="the vocab the data was made with")
+    parser.add_argument("-n", type=int, default=3, help="records to print")
+    args = parser.parse_args(argv)
+    inspect_files(args.files, args.vocab_file, args.n)
+
+
+if __name__ == "__main__":
+    main()
