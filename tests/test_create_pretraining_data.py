@@ -1,0 +1,317 @@
+"""create_pretraining_data.py: statistics vs the Google algorithm, determinism, layouts, errors."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bert_data import create_pretraining_data as cpd
+from bert_data.inspect import parse_example, to_standard
+from bert_data.records import read_records
+from tests import google_reference as ref
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "..", "shared", "data")
+VOCAB = os.path.join(DATA, "vocab", "bert-base-uncased", "vocab.txt")
+WIKI = os.path.join(DATA, "wikitext-2", "wiki.valid.raw")
+SAMPLE = os.path.join(ROOT, "bert_data", "sample.txt")
+needs_data = pytest.mark.skipif(
+    not os.path.isfile(WIKI), reason="../shared/data (WikiText-2, BERT vocab) is not present"
+)
+SCRIPT = os.path.join(ROOT, "bert_data", "create_pretraining_data.py")
+SPECIALS = ("[CLS]", "[SEP]")
+
+
+def _read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def run_cli(*args):
+    """Runs the script as a user would (as a file); returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, SCRIPT, "--quiet", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def generate(tmp_path, inputs, name="out.tfrecord", vocab=VOCAB, extra=()):
+    out = str(tmp_path / name)
+    argv = ["--input-file", inputs, "--output-file", out, "--vocab-file", vocab, "--quiet"]
+    stats = cpd.run(cpd.build_parser().parse_args([*argv, "--do-lower-case", *extra]))
+    return out, stats
+
+
+def records_of(path):
+    return [to_standard(parse_example(r)) for r in read_records(path)]
+
+
+@pytest.fixture(scope="module")
+def small_vocab(tmp_path_factory):
+    """A vocab built from the sample corpus with our create_vocab (so tests need no shared data)."""
+    from bert_data import create_vocab
+
+    path = str(tmp_path_factory.mktemp("vocab") / "vocab.txt")
+    create_vocab.main(
+        ["--input-file", SAMPLE, "--output-file", path, "--vocab-size", "600", "--do-lower-case"]
+    )
+    return path
+
+
+def _describe(instances):
+    """Statistics of standard-layout records or google_reference Instances."""
+    n = len(instances)
+    if isinstance(instances[0], ref.Instance):
+        real = [len(i.tokens) for i in instances]
+        masked = [len(i.masked_lm_positions) for i in instances]
+        rnd = [i.is_random_next for i in instances]
+        shown = [i.tokens[p] for i in instances for p in i.masked_lm_positions]
+        labels = [lab for i in instances for lab in i.masked_lm_labels]
+        as_mask = sum(s == "[MASK]" for s in shown)
+        kept = sum(s == lab for s, lab in zip(shown, labels))
+    else:
+        real = [int(r["input_mask"].sum()) for r in instances]
+        masked = [int((r["masked_lm_weights"] > 0).sum()) for r in instances]
+        rnd = [int(r["next_sentence_labels"][0]) for r in instances]
+        as_mask = kept = 0
+        for r in instances:
+            w = r["masked_lm_weights"] > 0
+            at = r["input_ids"][r["masked_lm_positions"]][w]
+            as_mask += int((at == 103).sum())
+            kept += int((at == r["masked_lm_ids"][w]).sum())
+    total = sum(masked)
+    return {
+        "instances": n,
+        "real": np.mean(real),
+        "masked": np.mean(masked),
+        "random_next": np.mean(rnd),
+        "as_mask": as_mask / total,
+        "kept": kept / total,
+        "random": 1 - (as_mask + kept) / total,
+    }
+
+
+@needs_data
+def test_statistics_match_google_algorithm(tmp_path):
+    """The issue's tolerances: count ±3%, real and masked tokens ±2%, NSP ±0.02, 80/10/10 ±0.01."""
+    out, _ = generate(tmp_path, WIKI, extra=["--duplication-factor", "3", "--num-workers", "2"])
+    ours = _describe(records_of(out))
+    tok = ref.ReferenceTokenizer(VOCAB, True)
+    docs = ref.read_documents([WIKI], tok)
+    theirs = _describe(ref.create_instances(docs, list(tok.vocab), 128, 20, 3, seed=7))
+    assert abs(ours["instances"] / theirs["instances"] - 1) <= 0.03, (ours, theirs)
+    assert abs(ours["real"] / theirs["real"] - 1) <= 0.02, (ours, theirs)
+    assert abs(ours["masked"] / theirs["masked"] - 1) <= 0.02, (ours, theirs)
+    assert abs(ours["random_next"] - theirs["random_next"]) <= 0.02, (ours, theirs)
+    for key, target in (("as_mask", 0.8), ("kept", 0.1), ("random", 0.1)):
+        assert abs(ours[key] - target) <= 0.01, (key, ours)
+        assert abs(ours[key] - theirs[key]) <= 0.01, (key, ours, theirs)
+
+
+@needs_data
+def test_byte_identical_for_any_worker_count(tmp_path):
+    outs = []
+    for workers in (1, 2):
+        shards = f"{tmp_path}/w{workers}_a.tfrecord,{tmp_path}/w{workers}_b.tfrecord"
+        result = run_cli(
+            "--input-file", WIKI, "--output-file", shards, "--vocab-file", VOCAB, "--do-lower-case",
+            "--duplication-factor", "2", "--num-workers", str(workers), "--chunk-size-mb", "0.1",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        outs.append([_read_bytes(p) for p in shards.split(",")])
+    assert outs[0] == outs[1]
+    assert all(len(shard) > 0 for shard in outs[0])
+
+
+def test_records_are_valid_bert_instances(tmp_path, small_vocab):
+    out, stats = generate(
+        tmp_path, SAMPLE, vocab=small_vocab, extra=["--duplication-factor", "2", "--seed", "3"]
+    )
+    recs = records_of(out)
+    assert len(recs) == stats["instances"] > 20
+    for r in recs:
+        length = int(r["input_mask"].sum())
+        ids = r["input_ids"]
+        assert ids[0] == 2 and ids[length - 1] == 3  # [CLS] ... [SEP] in the sample vocab
+        assert (ids[length:] == 0).all() and (r["input_mask"][:length] == 1).all()
+        seps = np.flatnonzero(ids[:length] == 3)
+        # Segment ids: 0 up to and including the first [SEP], then 1 up to the last one.
+        assert (r["segment_ids"][: seps[0] + 1] == 0).all()
+        assert (r["segment_ids"][seps[0] + 1 : length] == 1).all()
+        w = r["masked_lm_weights"] > 0
+        k = int(w.sum())
+        assert w[:k].all() and not w[k:].any()  # real predictions first
+        pos = r["masked_lm_positions"][:k]
+        assert (np.diff(pos) > 0).all() and (pos > 0).all() and (pos < length).all()
+        assert not np.isin(pos, seps).any()
+        # Google's count rule plus the reference's floor, at seq 128 and 20 masks.
+        expected = min(20, max(1, round(length * 0.15)))
+        assert k == max(expected, length - 128 + 20)
+
+
+def test_remask_layout_equals_standard_layout(tmp_path, small_vocab):
+    """Same seed, two layouts: the remask records put back in order are the standard records."""
+    std, _ = generate(tmp_path, SAMPLE, "s.tfrecord", small_vocab, ["--duplication-factor", "2"])
+    rem, _ = generate(
+        tmp_path, SAMPLE, "r.tfrecord", small_vocab, ["--duplication-factor", "2", "--remask"]
+    )
+    raw = [parse_example(r) for r in read_records(rem)]
+    assert "input_position" in raw[0] and "input_mask" not in raw[0]
+    for ex in raw:
+        k = ex["mask_padding_index"][0]
+        assert ex["input_position"][0:k] == ex["masked_lm_positions"]
+        assert ex["input_position"][20] == 0  # [CLS] sits at slot mask_tokens
+        assert ex["input_position"][k:20] == [384] * (20 - k)  # pad position value
+    for a, b in zip(records_of(std), [to_standard(ex) for ex in raw], strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_tensorflow_reads_both_layouts(tmp_path, small_vocab):
+    tf = pytest.importorskip("tensorflow")
+    from bert_data.records import parse_spec
+
+    for remask in (False, True):
+        extra = ["--duplication-factor", "1"] + (["--remask"] if remask else [])
+        out, stats = generate(tmp_path, SAMPLE, f"tf{remask}.tfrecord", small_vocab, extra)
+        spec = parse_spec(128, 20, remask)
+        parsed = [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(out)]
+        assert len(parsed) == stats["instances"]
+        ours = [parse_example(r) for r in read_records(out)]
+        for t, o in zip(parsed, ours):
+            for key, value in t.items():
+                value = tf.sparse.to_dense(value) if isinstance(value, tf.SparseTensor) else value
+                np.testing.assert_allclose(value.numpy(), o[key], err_msg=key)
+
+
+def test_whole_word_masking_masks_whole_words(tmp_path, small_vocab):
+    out, _ = generate(tmp_path, SAMPLE, vocab=small_vocab, extra=["--whole-word-masking"])
+    with open(small_vocab, encoding="utf-8") as f:
+        vocab = [line.strip() for line in f]
+    continuation = 0
+    for r in records_of(out):
+        w = r["masked_lm_weights"] > 0
+        masked = set(r["masked_lm_positions"][w].tolist())
+        length = int(r["input_mask"].sum())
+        original = r["input_ids"].copy()
+        original[r["masked_lm_positions"][w]] = r["masked_lm_ids"][w]
+        for p in range(1, length):
+            # (a piece right after [CLS]/[SEP] starts a group: the special token is no candidate)
+            if vocab[original[p]].startswith("##") and vocab[original[p - 1]] not in SPECIALS:
+                continuation += 1
+                assert (p in masked) == (p - 1 in masked), "a word was masked in part"
+    assert continuation > 50  # the check above really ran on word pieces
+
+
+def test_max_samples_and_shards(tmp_path, small_vocab):
+    out = f"{tmp_path}/a.tfrecord,{tmp_path}/b.tfrecord,{tmp_path}/c.tfrecord"
+    _, stats = generate(tmp_path, SAMPLE, out, small_vocab, ["--max-samples", "10"])
+    counts = [len(list(read_records(p))) for p in out.split(",")]
+    assert stats["instances"] == 10 and counts == [4, 3, 3]  # round-robin
+
+
+def test_undecodable_bytes_are_replaced_and_counted(tmp_path, small_vocab):
+    text = _read_bytes(SAMPLE).replace(b"\n\n", b"\nbad \xff\xfe bytes here.\n\n", 1)
+    path = tmp_path / "bad.txt"
+    path.write_bytes(text)
+    _, stats = generate(tmp_path, str(path), vocab=small_vocab)
+    assert stats["replaced_bytes"] == 2 and stats["instances"] > 0
+
+
+def test_truncation_cuts_equal_googles_loop():
+    for la in range(0, 15):
+        for lb in range(0, 15):
+            for limit in range(1, 20):
+                a, b = la, lb
+                while a + b > limit:
+                    if a > b:
+                        a -= 1
+                    else:
+                        b -= 1
+                cut_a, cut_b = cpd._truncation_cuts(np.array([la]), np.array([lb]), limit)
+                assert (la - cut_a[0], lb - cut_b[0]) == (a, b)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--input-file", "/nonexistent/*.txt"], "error: input file not found: /nonexistent/*.txt"),
+        (["--input-file", "{empty}"], "error: input is empty: "),
+        (["--input-file", "{blank}"], "error: input has no text (only blank lines): "),
+        (["--vocab-file", "{badvocab}"], "lacks the special token(s) [CLS] [SEP] [MASK]"),
+        (["--mask-tokens", "126"], "--mask-tokens 126 is impossible for --sequence-length 128"),
+        (["--output-file", "{readonly}/x.tfrecord"], "error: output directory is not writable: "),
+        (["--output-file", "{empty}/x.tfrecord"], "error: cannot create output directory "),
+    ],
+)
+def test_errors_are_one_line_with_nonzero_exit(tmp_path, small_vocab, args, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text("\n  \n\n")
+    (tmp_path / "badvocab.txt").write_text("[PAD]\n[UNK]\nthe\n")
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    names = {
+        "empty": tmp_path / "empty.txt",
+        "blank": tmp_path / "blank.txt",
+        "badvocab": tmp_path / "badvocab.txt",
+        "readonly": readonly,
+    }
+    if os.geteuid() == 0 and "{readonly}" in str(args):
+        pytest.skip("root can write into a read-only directory")
+    args = [a.format(**names) for a in args]
+    base = {
+        "--input-file": SAMPLE,
+        "--output-file": str(tmp_path / "o.tfrecord"),
+        "--vocab-file": small_vocab,
+    }
+    base.update(dict(zip(args[::2], args[1::2])))
+    argv = [x for kv in base.items() for x in kv] + ["--do-lower-case"]
+    result = run_cli(*argv)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not list(tmp_path.glob("*.tfrecord")) and not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_interrupt_leaves_no_partial_output(tmp_path, small_vocab, monkeypatch):
+    """An error in the middle (here a simulated Ctrl-C) removes the temporary files."""
+    calls = {"n": 0}
+    real = cpd.build_chunk
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cpd, "build_chunk", flaky)
+    out = tmp_path / "x.tfrecord"
+    argv = ["--input-file", SAMPLE, "--output-file", str(out), "--vocab-file", small_vocab]
+    argv += ["--chunk-size-mb", "0.002", "--num-workers", "1", "--quiet", "--do-lower-case"]
+    with pytest.raises(cpd.UserError, match="interrupted; no output file was written"):
+        cpd.run(cpd.build_parser().parse_args(argv))
+    assert calls["n"] == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_help_states_the_memory_bound():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "usage: create_pretraining_data.py" in result.stdout
+    assert "Memory is bounded by chunks" in result.stdout
+
+
+def test_unwritable_output_directory_even_as_root(tmp_path, small_vocab, monkeypatch, capsys):
+    """Root ignores directory permissions, so the check itself is exercised with os.access denied."""
+    real_access = os.access
+    target = str(tmp_path / "out")
+    os.makedirs(target)
+    monkeypatch.setattr(cpd.os, "access", lambda p, m: False if p == target else real_access(p, m))
+    argv = ["--input-file", SAMPLE, "--output-file", f"{target}/x.tfrecord"]
+    argv += ["--vocab-file", small_vocab, "--quiet", "--do-lower-case"]
+    with pytest.raises(SystemExit) as exit_info:
+        cpd.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: output directory is not writable: {target}"]
