@@ -15,13 +15,14 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 RECIPE = {
     "pretrain_tiny_128_lamb": (1 * 12 * 1, 1000, 0.001, 10, 128, 20, 128, 2, 2, 512, 1234, 1),
     "pretrain_base_128_phase1": (32 * 510 * 4, 7032, 0.006, 2000, 128, 20, 768, 12, 12, 3072, 1234, 512),
-    "pretrain_base_384_phase2": (8 * 510 * 4, 2142, 0.002828, 277, 384, 58, 768, 12, 12, 3072, 1234, 512),
+    # Phase 2 masks: 56, as the reference README and data script; its configs said 58 (REFERENCE §12).
+    "pretrain_base_384_phase2": (8 * 510 * 4, 2142, 0.002828, 277, 384, 56, 768, 12, 12, 3072, 1234, 512),
     "pretrain_large_128_phase1": (8 * 2050 * 4, 7032, 0.006, 2000, 128, 20, 1024, 24, 16, 4096, 1994, 32768),
     "pretrain_large_128_phase1_POD32": (8 * 1040 * 8, 7032, 0.006, 2000, 128, 20, 1024, 24, 16, 4096, 1234, 32768),
     "pretrain_large_128_phase1_POD64": (8 * 520 * 16, 7032, 0.006, 2000, 128, 20, 1024, 24, 16, 4096, 1234, 32768),
-    "pretrain_large_384_phase2": (2 * 2050 * 4, 2099, 0.002828, 274, 384, 58, 1024, 24, 16, 4096, 1234, 128),
-    "pretrain_large_384_phase2_POD32": (2 * 1040 * 8, 2099, 0.002828, 270, 384, 58, 1024, 24, 16, 4096, 1234, 32),
-    "pretrain_large_384_phase2_POD64": (2 * 520 * 16, 2099, 0.002828, 270, 384, 58, 1024, 24, 16, 4096, 1234, 64),
+    "pretrain_large_384_phase2": (2 * 2050 * 4, 2099, 0.002828, 274, 384, 56, 1024, 24, 16, 4096, 1234, 128),
+    "pretrain_large_384_phase2_POD32": (2 * 1040 * 8, 2099, 0.002828, 270, 384, 56, 1024, 24, 16, 4096, 1234, 32),
+    "pretrain_large_384_phase2_POD64": (2 * 520 * 16, 2099, 0.002828, 270, 384, 56, 1024, 24, 16, 4096, 1234, 64),
 }  # fmt: skip
 GBS_TABLE = {  # the published GBS column of §2.2, to check the products above
     "pretrain_tiny_128_lamb": 12,
