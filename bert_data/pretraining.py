@@ -1,0 +1,184 @@
+"""tf.data input for pretraining: TFRecords in either layout, or generated data.
+
+Every element is one optimizer step's worth of data: a dict of tensors shaped
+[gradient_accumulation_count, micro_batch_size, ...] (int32, except `masked_lm_weights` float32), with the
+names `modeling.py` expects. The order is a pure function of the files and the seed (deterministic
+interleave and shuffle), and the iterator can be saved in a checkpoint, so a resumed run reads exactly the
+records the uninterrupted run would have read, without re-reading the ones already consumed.
+"""
+
+import glob
+import os
+
+import numpy as np
+
+from bert_data import records
+from bert_data.errors import UserError
+from bert_data.inspect import parse_example
+
+SHUFFLE_BUFFER = 10000
+
+
+def expand_train_files(spec):
+    """Comma-separated glob patterns -> sorted file list; one-line error if a pattern matches nothing."""
+    files = []
+    for pattern in [p.strip() for p in (spec or "").split(",") if p.strip()]:
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise UserError(f"train_file pattern matches no file: {pattern}")
+        files += [m for m in matches if m not in files]
+    if not files:
+        raise UserError("no training data: set --train-file (TFRecord globs) or --generated-data")
+    return files
+
+
+def check_files(files, seq_length, max_predictions, static_mask, vocab_size, sample=200):
+    """Checks the data against the config before any graph is built (USER_NEEDS #6, #33).
+
+    Reads the first records of the first file with the pure-Python parser: layout (remask iff
+    static_mask), sequence length, mask count, and token ids below vocab_size.
+
+    Returns:
+      Estimated number of records in all files (from the mean record size).
+    """
+    path = files[0]
+    try:
+        head = []
+        for record in records.read_records(path):
+            head.append(record)
+            if len(head) >= sample:
+                break
+    except ValueError as err:
+        raise UserError(f"cannot read training data: {err}") from None
+    if not head:
+        raise UserError(f"training file has no records: {path}")
+    ex = parse_example(head[0])
+    remask = "input_position" in ex
+    if "input_ids" not in ex or (not remask and "input_mask" not in ex):
+        raise UserError(f"{path} is not BERT pretraining data (features: {sorted(ex)})")
+    if remask != bool(static_mask):
+        layout = "remask (static-mask)" if remask else "standard"
+        fix = "set static_mask true" if remask else "set static_mask false"
+        raise UserError(f"{path} has the {layout} layout but static_mask is {static_mask}: {fix}")
+    if len(ex["input_ids"]) != seq_length:
+        raise UserError(
+            f"{path} has sequence length {len(ex['input_ids'])} but seq_length is {seq_length}"
+        )
+    masks = len(ex["masked_labels" if remask else "masked_lm_ids"])
+    if masks != max_predictions:
+        raise UserError(
+            f"{path} was made with --mask-tokens {masks} but max_predictions_per_seq is "
+            f"{max_predictions}"
+        )
+    top = max(max(parse_example(r)["input_ids"]) for r in head)
+    if vocab_size is not None and top >= vocab_size:
+        raise UserError(
+            f"{path} has token id {top} >= vocab_size {vocab_size}: data made with another vocab?"
+        )
+    mean_size = sum(len(r) + 16 for r in head) / len(head)
+    return int(sum(os.path.getsize(f) for f in files) / mean_size)
+
+
+def _to_model_features(parsed, static_mask):
+    import tensorflow as tf
+
+    names = (
+        ("input_ids", "input_position", "segment_ids", "mask_padding_index", "seq_padding_index")
+        if static_mask
+        else ("input_ids", "input_mask", "segment_ids", "masked_lm_positions")
+    )
+    out = {name: tf.cast(parsed[name], tf.int32) for name in names}
+    out["masked_lm_ids"] = tf.cast(
+        parsed["masked_labels" if static_mask else "masked_lm_ids"], tf.int32
+    )
+    out["masked_lm_weights"] = tf.cast(parsed["masked_lm_weights"], tf.float32)
+    out["next_sentence_labels"] = tf.cast(parsed["next_sentence_labels"], tf.int32)
+    return out
+
+
+def tfrecord_dataset(files, opts, seed, shard=(1, 0)):
+    """Records -> batches of [GA, micro_batch, ...], repeated forever, deterministic for `seed`.
+
+    Args:
+      files: TFRecord paths.
+      opts: resolved options (seq_length, max_predictions_per_seq, static_mask, micro_batch_size,
+        gradient_accumulation_count, parallel_io_threads).
+      seed: data-order seed.
+      shard: (number of input pipelines, this pipeline's index) for multi-worker training.
+    """
+    import tensorflow as tf
+
+    seq, P, static = opts["seq_length"], opts["max_predictions_per_seq"], opts["static_mask"]
+    spec = records.parse_spec(seq, P, static)
+    if static:
+        # masked_lm_positions is variable-length in this layout and not needed by the model.
+        spec.pop("masked_lm_positions")
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shard[0] > 1:
+        ds = ds.shard(*shard)
+    ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=max(1, min(opts["parallel_io_threads"], len(files))),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed + 1, reshuffle_each_iteration=True)
+    return _batch(ds, opts, lambda r: _to_model_features(tf.io.parse_example(r, spec), static))
+
+
+def _batch(ds, opts, parse):
+    import tensorflow as tf
+
+    ds = ds.batch(opts["micro_batch_size"], drop_remainder=True)
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(opts["gradient_accumulation_count"], drop_remainder=True)
+    return ds.prefetch(2)
+
+
+def generated_dataset(opts, seed, vocab_size, samples=1000):
+    """Random but well-formed samples (either layout), cached and repeated (`--generated-data`)."""
+    import tensorflow as tf
+
+    seq, P = opts["seq_length"], opts["max_predictions_per_seq"]
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab_size, (samples, seq)).astype(np.int32)
+    keys = rng.random((samples, seq - 1))
+    positions = np.sort(np.argsort(keys, axis=1)[:, :P] + 1, axis=1).astype(np.int32)
+    labels = np.take_along_axis(ids, positions, axis=1)
+    # Masked positions show a fixed "[MASK]" id, so the task is not copying the input.
+    np.put_along_axis(ids, positions, 103 if vocab_size > 103 else 4, axis=1)
+    feats = {
+        "segment_ids": (np.arange(seq)[None, :] >= seq // 2).repeat(samples, 0).astype(np.int32),
+        "masked_lm_ids": labels,
+        "masked_lm_weights": np.ones((samples, P), np.float32),
+        "next_sentence_labels": rng.integers(0, 2, (samples, 1)).astype(np.int32),
+    }
+    if opts["static_mask"]:
+        rest = np.argsort(
+            np.isin(np.arange(seq)[None, :].repeat(samples, 0), positions), axis=1, kind="stable"
+        )
+        order = np.concatenate([positions, rest[:, : seq - P]], axis=1)
+        feats["input_ids"] = np.take_along_axis(ids, order, axis=1)
+        feats["input_position"] = order.astype(np.int32)
+        feats["mask_padding_index"] = np.full((samples, 1), P, np.int32)
+        feats["seq_padding_index"] = np.full((samples, 1), seq, np.int32)
+    else:
+        feats["input_ids"] = ids
+        feats["input_mask"] = np.ones((samples, seq), np.int32)
+        feats["masked_lm_positions"] = positions
+    ds = tf.data.Dataset.from_tensor_slices(feats).repeat()
+    return _batch(ds.batch(1).unbatch(), opts, lambda x: x)
+
+
+def eval_dataset(files, opts):
+    """One ordered pass over `files` in micro-batches [B, ...] (the last one may be smaller)."""
+    import tensorflow as tf
+
+    seq, P, static = opts["seq_length"], opts["max_predictions_per_seq"], opts["static_mask"]
+    spec = records.parse_spec(seq, P, static)
+    if static:
+        spec.pop("masked_lm_positions")
+    ds = tf.data.TFRecordDataset(files).batch(opts["micro_batch_size"])
+    parse = lambda r: _to_model_features(tf.io.parse_example(r, spec), static)  # noqa: E731
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)

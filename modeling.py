@@ -1,0 +1,674 @@
+"""BERT as plain functions over explicit float32 `tf.Variable`s named like Google BERT's checkpoints.
+
+The model is a dict `params {name: tf.Variable}` whose keys are the TF1 checkpoint names
+(`bert/encoder/layer_0/attention/self/query/kernel`, ...), built by `BertModel`, and a few pure
+functions that read it: `embeddings`, `attention_mask`, `encoder_layer`, `bert_encoder`,
+`pretraining_heads` and `pretraining_loss`. No Keras layers: Keras 3 keeps only leaf names.
+
+Semantics follow the reference app (Graphcore's TF1 BERT): post-LN encoder, LayerNorm epsilon 1e-3,
+additive attention mask (1 - mask) * -1000, tied MLM projection evaluated only at the masked
+positions, MLM loss sum(w * CE) / (sum(w) + 1e-5), and the optional "static mask" (remask) layout.
+
+Precision: variables are float32 masters. `compute_dtype` (float32, bfloat16 or float16) casts
+weights and activations at use; LayerNorm, softmax, logits and losses are computed in float32.
+float64 is also accepted (then those run in float64 too), which is what gradient tests use.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import tempfile
+import zlib
+
+import tensorflow as tf
+
+from bert_data.errors import UserError
+
+ATTENTION_MASK_VALUE = -1000.0  # reference value; representable in bf16 and fp16
+MLM_WEIGHT_EPSILON = 1e-5  # MLM loss denominator: sum(weights) + this
+
+
+def gelu_tanh(x):
+    """Google BERT's GELU, the tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return tf.nn.gelu(x, approximate=True)
+
+
+def gelu_erf(x):
+    """Exact GELU, x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2))): what Hugging Face calls "gelu"."""
+    return tf.nn.gelu(x, approximate=False)
+
+
+# "gelu" means the tanh form, as in Google BERT and the reference app. Hugging Face's "gelu" is the
+# erf form (our "gelu_erf"/"gelu_exact") and its "gelu_new" is the tanh form. The two differ by up
+# to a few 1e-4 per activation, so a checkpoint should be run with the form it was trained with.
+ACTIVATIONS = {
+    "gelu": gelu_tanh,
+    "gelu_new": gelu_tanh,
+    "gelu_erf": gelu_erf,
+    "gelu_exact": gelu_erf,
+    "relu": tf.nn.relu,
+    "swish": tf.nn.silu,
+    "silu": tf.nn.silu,
+    "tanh": tf.tanh,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Model hyper-parameters: Google's bert_config.json fields plus the reference app's switches.
+
+    Defaults of the switches are the reference's effective ones (CLI defaults), not its class defaults.
+    `layer_norm_eps` is 1e-3 as in the reference; set 1e-12 for Google/HF checkpoints.
+    `recompute` wraps each encoder layer in `tf.recompute_grad` (gradient checkpointing).
+    """
+
+    vocab_size: int
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    max_predictions_per_seq: int = 20
+    use_attention_projection_bias: bool = True
+    use_cls_layer: bool = True
+    use_qkv_split: bool = False
+    use_qkv_bias: bool = False
+    use_prediction_bias: bool = True
+    static_mask: bool = False
+    layer_norm_eps: float = 1e-3
+    recompute: bool = False
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type is int:
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+                want = "a positive integer"
+            elif field.type is float:
+                ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+                want = "a non-negative number"
+            elif field.type is bool:
+                ok = isinstance(value, bool)
+                want = "true or false"
+            else:
+                ok = isinstance(value, str)
+                want = "a string"
+            if not ok:
+                raise UserError(f"model config: {field.name} is {value!r}, expected {want}")
+        if self.hidden_size % self.num_attention_heads:
+            raise UserError(
+                f"model config: hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}; change one of them"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise UserError(
+                f"model config: unknown hidden_act {self.hidden_act!r}; "
+                f"use one of {', '.join(sorted(ACTIVATIONS))}"
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if getattr(self, name) >= 1:
+                raise UserError(
+                    f"model config: {name} must be in [0, 1), got {getattr(self, name)}"
+                )
+        if self.layer_norm_eps <= 0:
+            raise UserError(f"model config: layer_norm_eps must be > 0, got {self.layer_norm_eps}")
+
+    @classmethod
+    def from_dict(cls, d):
+        """Build from a dict, taking the keys that are fields and ignoring the others.
+
+        Unknown keys are the options layer's business (it rejects them); a config dict here may
+        legitimately carry training keys too.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        if "vocab_size" not in d:
+            raise UserError("model config: vocab_size is missing; set it (or give a vocab file)")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_json_file(cls, path):
+        """Read a Google-style bert_config.json (extra keys ignored)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except OSError as err:
+            raise UserError(f"cannot read model config {path}: {err.strerror}") from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"model config {path} is not valid JSON: {err}") from None
+        if not isinstance(d, dict):
+            raise UserError(f"model config {path} must hold a JSON object")
+        return cls.from_dict(d)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json_file(self, path):
+        """Write as JSON, atomically (temporary file in the same directory, then rename)."""
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bert_config.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+
+# ----------------------------------------------------------------------------- variables
+
+
+def add_variable(params, name, shape, initializer="normal", stddev=0.02, seed=0, trainable=True):
+    """Create a float32 `tf.Variable` whose name is exactly `name` and store it in `params[name]`.
+
+    Used by `BertModel` and by task code that adds heads (`cls/squad/output_weights`, ...).
+
+    Args:
+      params: dict {name: tf.Variable}, updated in place.
+      name: checkpoint name, e.g. "cls/squad/output_weights" (no ":0").
+      shape: list of ints.
+      initializer: "normal" (truncated normal cut at 2 stddev, like TF1's truncated_normal_initializer),
+        "zeros", "ones", or a callable(shape) returning the initial value.
+      stddev: standard deviation for "normal".
+      seed: int; "normal" values depend only on (seed, name), so adding a head does not change the
+        initial values of the other variables.
+      trainable: False for variables the optimizer must not touch.
+    Returns:
+      The new tf.Variable.
+    """
+    if name in params:
+        raise ValueError(f"variable {name} already exists")
+    if initializer == "normal":
+        name_hash = zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
+        stateless_seed = tf.constant([seed, name_hash], tf.int64)
+        value = tf.random.stateless_truncated_normal(shape, seed=stateless_seed, stddev=stddev)
+    elif initializer == "zeros":
+        value = tf.zeros(shape, tf.float32)
+    elif initializer == "ones":
+        value = tf.ones(shape, tf.float32)
+    else:
+        value = tf.cast(initializer(shape), tf.float32)
+    # init_scope + an empty name scope: the name must not pick up any surrounding scope prefix.
+    with tf.init_scope(), tf.name_scope(""):
+        var = tf.Variable(value, name=name, trainable=trainable, dtype=tf.float32)
+    if var.name != name + ":0":
+        raise ValueError(f"variable {name} was created as {var.name}")
+    params[name] = var
+    return var
+
+
+def _add_dense(params, scope, n_in, n_out, config, seed, bias=True):
+    add_variable(
+        params, f"{scope}/kernel", [n_in, n_out], stddev=config.initializer_range, seed=seed
+    )
+    if bias:
+        add_variable(params, f"{scope}/bias", [n_out], "zeros")
+
+
+def _add_layer_norm(params, scope, size):
+    add_variable(params, f"{scope}/beta", [size], "zeros")
+    add_variable(params, f"{scope}/gamma", [size], "ones")
+
+
+class BertModel(tf.Module):
+    """BERT parameters (Google checkpoint names) plus the heads for pretraining.
+
+    Attributes:
+      config: BertConfig.
+      heads: tuple, a subset of ("mlm", "nsp").
+      params: ordered dict {checkpoint name: float32 tf.Variable}. Other code may add heads with
+        `add_variable(model.params, ...)`.
+    """
+
+    HEADS = ("mlm", "nsp")
+
+    def __init__(self, config, heads=("mlm", "nsp"), seed=0):
+        super().__init__(name="bert_model")
+        unknown = set(heads) - set(self.HEADS)
+        if unknown:
+            raise ValueError(f"unknown heads {sorted(unknown)}; known: {self.HEADS}")
+        self.config = config
+        self.heads = tuple(heads)
+        self.params = _create_params(config, self.heads, seed)
+
+    @property
+    def trainable_names(self):
+        """Names of the trainable variables, in creation order (the key bias is not trainable)."""
+        return [name for name, var in self.params.items() if var.trainable]
+
+    def __call__(self, features, training=False, dropout_seed=None, compute_dtype=tf.float32):
+        """Encoder plus this model's heads: see `bert_encoder` and `pretraining_heads`.
+
+        Returns:
+          dict with "sequence_output" [B,S,H] and "pooled_output" [B,H] (compute dtype), plus
+          "mlm_logits" [B,P,V] and/or "nsp_logits" [B,2] (float32).
+        """
+        sequence_output, pooled_output = bert_encoder(
+            self.params, self.config, features, training, dropout_seed, compute_dtype
+        )
+        outputs = pretraining_heads(
+            self.params, self.config, sequence_output, pooled_output, features, self.heads
+        )
+        return {"sequence_output": sequence_output, "pooled_output": pooled_output, **outputs}
+
+
+def _create_params(config, heads, seed):
+    c = config
+    h, params = c.hidden_size, {}
+    normal = functools.partial(add_variable, stddev=c.initializer_range, seed=seed)
+    normal(params, "bert/embeddings/word_embeddings", [c.vocab_size, h])
+    normal(params, "bert/embeddings/token_type_embeddings", [c.type_vocab_size, h])
+    normal(params, "bert/embeddings/position_embeddings", [c.max_position_embeddings, h])
+    _add_layer_norm(params, "bert/embeddings/LayerNorm", h)
+    for i in range(c.num_hidden_layers):
+        layer = f"bert/encoder/layer_{i}"
+        if c.use_qkv_split:
+            for part in ("query", "key", "value"):
+                normal(params, f"{layer}/attention/self/{part}/kernel", [h, h])
+        else:
+            # Columns [0:H] query, [H:2H] key, [2H:3H] value; heads are contiguous within each.
+            normal(params, f"{layer}/attention/self/kernel/qkv_weight", [h, 3 * h])
+        if c.use_qkv_bias:
+            for part in ("query", "key", "value"):
+                # The key bias adds the same value to every score of a query, so it cancels in the
+                # softmax: kept (checkpoints have it) but not trained, as in the reference.
+                add_variable(
+                    params,
+                    f"{layer}/attention/self/{part}/bias",
+                    [h],
+                    "zeros",
+                    trainable=part != "key",
+                )
+        _add_dense(
+            params,
+            f"{layer}/attention/projection/dense",
+            h,
+            h,
+            c,
+            seed,
+            bias=c.use_attention_projection_bias,
+        )
+        _add_layer_norm(params, f"{layer}/attention/projection/LayerNorm", h)
+        _add_dense(params, f"{layer}/intermediate/dense", h, c.intermediate_size, c, seed)
+        _add_dense(params, f"{layer}/output/dense", c.intermediate_size, h, c, seed)
+        _add_layer_norm(params, f"{layer}/output/LayerNorm", h)
+    _add_dense(params, "bert/pooler/dense", h, h, c, seed)
+    if "mlm" in heads:
+        if c.use_cls_layer:
+            _add_dense(params, "cls/predictions/transform/dense", h, h, c, seed)
+            _add_layer_norm(params, "cls/predictions/transform/LayerNorm", h)
+        if c.use_prediction_bias:
+            add_variable(params, "cls/predictions/output_bias", [c.vocab_size], "zeros")
+    if "nsp" in heads:
+        normal(params, "cls/seq_relationship/output_weights", [2, h])
+        add_variable(params, "cls/seq_relationship/output_bias", [2], "zeros")
+    return params
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def _float_dtype(compute_dtype):
+    """Dtype for LayerNorm, softmax, logits and losses: float64 in float64 runs, else float32."""
+    return tf.float64 if compute_dtype == tf.float64 else tf.float32
+
+
+def _check_compute_dtype(compute_dtype):
+    dtype = tf.as_dtype(compute_dtype)
+    if dtype not in (tf.float32, tf.bfloat16, tf.float16, tf.float64):
+        raise ValueError(
+            f"compute_dtype must be float32, bfloat16, float16 or float64, not {dtype}"
+        )
+    return dtype
+
+
+def _dim(x, axis):
+    """Static size of an axis when known (keeps shapes static for the tracer), else dynamic."""
+    return x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]
+
+
+def _weight(params, name, dtype):
+    return tf.cast(params[name], dtype)
+
+
+def _dense(params, scope, x, bias=True):
+    """x [N, in] (compute dtype) -> [N, out] with `{scope}/kernel` and optional `{scope}/bias`."""
+    y = tf.matmul(x, _weight(params, f"{scope}/kernel", x.dtype))
+    if bias:
+        y = tf.nn.bias_add(y, _weight(params, f"{scope}/bias", x.dtype))
+    return y
+
+
+def layer_norm(params, scope, x, epsilon):
+    """LayerNorm over the last axis with `{scope}/gamma`, `{scope}/beta`, computed in float32.
+
+    Args:
+      x: [..., H] in the compute dtype. Returns the same shape and dtype.
+    """
+    dtype = x.dtype
+    x = tf.cast(x, _float_dtype(dtype))
+    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+    y = (x - mean) * tf.math.rsqrt(variance + epsilon)
+    y = y * _weight(params, f"{scope}/gamma", y.dtype) + _weight(params, f"{scope}/beta", y.dtype)
+    return tf.cast(y, dtype)
+
+
+# Dropout salts: each use of dropout folds its own number into the step's seed, so masks are a
+# pure function of (dropout_seed, salt) and recomputation or a resumed run draws the same masks.
+_SALT_EMBEDDINGS = 1
+
+
+def _layer_salt(layer_index, use):
+    """use: 0 attention probabilities, 1 attention output, 2 feed-forward output."""
+    return 1000 * (layer_index + 1) + use
+
+
+def dropout(x, rate, training, dropout_seed, salt):
+    """Stateless dropout; identity when not training or rate is 0.
+
+    Args:
+      x: tensor of any shape.
+      rate: Python float, probability of dropping.
+      training: Python bool.
+      dropout_seed: int32/int64 [2] tensor (per step).
+      salt: Python int identifying this use of dropout.
+    """
+    if not training or rate == 0.0:
+        return x
+    seed = tf.random.experimental.stateless_fold_in(dropout_seed, salt)
+    return tf.nn.experimental.stateless_dropout(x, rate, seed=seed)
+
+
+def embeddings(
+    params,
+    config,
+    input_ids,
+    segment_ids,
+    positions=None,
+    training=False,
+    dropout_seed=None,
+    compute_dtype=tf.float32,
+):
+    """Word + position + token-type embeddings, LayerNorm, dropout.
+
+    Args:
+      input_ids, segment_ids: int32 [B,S].
+      positions: int32 [B,S] position of each slot (static-mask layout) or None for 0..S-1. Values
+        >= max_position_embeddings (the remask pad value 384) are clipped: such slots are padding.
+    Returns:
+      [B,S,H] in compute_dtype.
+    """
+    acc = _float_dtype(compute_dtype)
+    x = tf.cast(tf.gather(params["bert/embeddings/word_embeddings"], input_ids), acc)
+    table = params["bert/embeddings/position_embeddings"]
+    if positions is None:
+        x += tf.cast(table[: _dim(input_ids, 1)], acc)  # [S,H] broadcast over the batch
+    else:
+        positions = tf.minimum(positions, config.max_position_embeddings - 1)
+        x += tf.cast(tf.gather(table, positions), acc)
+    # One-hot times table (as Google does) gives a dense gradient for this tiny table.
+    one_hot = tf.one_hot(segment_ids, config.type_vocab_size, dtype=acc)  # [B,S,T]
+    token_type = _weight(params, "bert/embeddings/token_type_embeddings", acc)
+    x += tf.einsum("bst,th->bsh", one_hot, token_type)
+    x = layer_norm(params, "bert/embeddings/LayerNorm", x, config.layer_norm_eps)
+    x = tf.cast(x, compute_dtype)
+    return dropout(x, config.hidden_dropout_prob, training, dropout_seed, _SALT_EMBEDDINGS)
+
+
+def attention_mask(config, features, dtype=tf.float32):
+    """Additive attention mask (1 - visible) * -1000 over keys, or None when every key is visible.
+
+    Standard layout: visible = features["input_mask"] (None when the key is absent). Static-mask
+    layout: slot j is visible if (j < mask_padding_index or j >= max_predictions_per_seq) and
+    j < seq_padding_index.
+
+    Returns:
+      `dtype` [B,1,1,S] (broadcasts over heads and queries), or None.
+    """
+    if config.static_mask:
+        seq_length = _dim(features["input_ids"], 1)
+        slot = tf.range(seq_length)[tf.newaxis, :]  # [1,S]
+        mask_end = tf.reshape(tf.cast(features["mask_padding_index"], tf.int32), [-1, 1])  # [B,1]
+        seq_end = tf.reshape(tf.cast(features["seq_padding_index"], tf.int32), [-1, 1])  # [B,1]
+        visible = ((slot < mask_end) | (slot >= config.max_predictions_per_seq)) & (slot < seq_end)
+    elif "input_mask" in features:
+        visible = features["input_mask"]
+    else:
+        return None
+    hidden = 1.0 - tf.cast(visible, dtype)  # [B,S]
+    return (hidden * ATTENTION_MASK_VALUE)[:, tf.newaxis, tf.newaxis, :]  # [B,1,1,S]
+
+
+def _qkv(params, config, layer, x2d):
+    """One fused [B*S,H] x [H,3H] projection (split kernels are concatenated at use)."""
+    dtype = x2d.dtype
+    scope = f"{layer}/attention/self"
+    parts = ("query", "key", "value")
+    if config.use_qkv_split:
+        kernel = tf.concat([_weight(params, f"{scope}/{p}/kernel", dtype) for p in parts], 1)
+    else:
+        kernel = _weight(params, f"{scope}/kernel/qkv_weight", dtype)
+    qkv = tf.matmul(x2d, kernel)  # [B*S,3H]
+    if config.use_qkv_bias:
+        bias = tf.concat([_weight(params, f"{scope}/{p}/bias", dtype) for p in parts], 0)
+        qkv = tf.nn.bias_add(qkv, bias)
+    return qkv
+
+
+def encoder_layer(params, config, layer_index, x, mask, training=False, dropout_seed=None):
+    """One post-LN transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)).
+
+    Args:
+      x: [B,S,H] in the compute dtype (which the layer computes in).
+      mask: additive float [B,1,1,S] from `attention_mask`, or None.
+    Returns:
+      [B,S,H], same dtype as x.
+    """
+    layer = f"bert/encoder/layer_{layer_index}"
+    dtype, acc = x.dtype, _float_dtype(x.dtype)
+    seq_length, hidden = _dim(x, 1), config.hidden_size
+    heads = config.num_attention_heads
+    head_size = hidden // heads
+    act = ACTIVATIONS[config.hidden_act]
+
+    x2d = tf.reshape(x, [-1, hidden])  # [B*S,H]
+    qkv = _qkv(params, config, layer, x2d)  # [B*S,3H]
+    qkv = tf.reshape(qkv, [-1, seq_length, 3, heads, head_size])  # [B,S,3,N,d]
+    qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3,B,N,S,d]
+    query, key, value = tf.unstack(qkv)  # each [B,N,S,d]
+    scores = tf.matmul(query, key, transpose_b=True)  # [B,N,S,S]
+    scores = tf.cast(scores, acc) * (1.0 / math.sqrt(head_size))
+    if mask is not None:
+        scores += tf.cast(mask, acc)
+    probs = tf.cast(tf.nn.softmax(scores, axis=-1), dtype)
+    probs = dropout(
+        probs,
+        config.attention_probs_dropout_prob,
+        training,
+        dropout_seed,
+        _layer_salt(layer_index, 0),
+    )
+    context = tf.matmul(probs, value)  # [B,N,S,d]
+    context = tf.transpose(context, [0, 2, 1, 3])  # [B,S,N,d]
+    context = tf.reshape(context, [-1, hidden])  # [B*S,H]
+    attn = _dense(
+        params,
+        f"{layer}/attention/projection/dense",
+        context,
+        bias=config.use_attention_projection_bias,
+    )
+    attn = dropout(
+        attn, config.hidden_dropout_prob, training, dropout_seed, _layer_salt(layer_index, 1)
+    )
+    x2d = layer_norm(
+        params, f"{layer}/attention/projection/LayerNorm", x2d + attn, config.layer_norm_eps
+    )
+    ffn = act(_dense(params, f"{layer}/intermediate/dense", x2d))  # [B*S,I]
+    ffn = _dense(params, f"{layer}/output/dense", ffn)  # [B*S,H]
+    ffn = dropout(
+        ffn, config.hidden_dropout_prob, training, dropout_seed, _layer_salt(layer_index, 2)
+    )
+    x2d = layer_norm(params, f"{layer}/output/LayerNorm", x2d + ffn, config.layer_norm_eps)
+    return tf.reshape(x2d, [-1, seq_length, hidden])  # [B,S,H]
+
+
+def bert_encoder(
+    params, config, features, training=False, dropout_seed=None, compute_dtype=tf.float32
+):
+    """Embeddings, encoder layers and pooler.
+
+    Args:
+      params: dict {name: tf.Variable} (see `BertModel`).
+      config: BertConfig.
+      features: dict of int32 tensors. Standard layout: input_ids [B,S], segment_ids [B,S],
+        optional input_mask [B,S]. Static-mask layout (config.static_mask): input_ids,
+        input_position, segment_ids [B,S], mask_padding_index [B,1], seq_padding_index [B,1].
+      training: Python bool; dropout only when True.
+      dropout_seed: int32 [2] tensor, required when training with non-zero dropout. The same seed
+        gives the same masks.
+      compute_dtype: tf.float32, tf.bfloat16, tf.float16 (or tf.float64).
+    Returns:
+      (sequence_output [B,S,H], pooled_output [B,H]), both in compute_dtype. The pooler reads slot 0,
+      or slot max_predictions_per_seq (where [CLS] sits) in the static-mask layout.
+    """
+    compute_dtype = _check_compute_dtype(compute_dtype)
+    dropout_used = config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0
+    if training and dropout_used:
+        if dropout_seed is None:
+            raise ValueError("bert_encoder: training with dropout needs a dropout_seed")
+        dropout_seed = tf.convert_to_tensor(dropout_seed)
+    positions = features["input_position"] if config.static_mask else None
+    x = embeddings(
+        params,
+        config,
+        features["input_ids"],
+        features["segment_ids"],
+        positions,
+        training,
+        dropout_seed,
+        compute_dtype,
+    )
+    mask = attention_mask(config, features, _float_dtype(compute_dtype))
+    for i in range(config.num_hidden_layers):
+        # Everything but x is closed over, so tf.recompute_grad sees a one-tensor function.
+        layer_fn = functools.partial(
+            encoder_layer,
+            params,
+            config,
+            i,
+            mask=mask,
+            training=training,
+            dropout_seed=dropout_seed,
+        )
+        x = tf.recompute_grad(layer_fn)(x) if config.recompute else layer_fn(x)
+    cls_slot = config.max_predictions_per_seq if config.static_mask else 0
+    pooled = tf.tanh(_dense(params, "bert/pooler/dense", x[:, cls_slot]))  # [B,H]
+    return x, pooled
+
+
+def pretraining_heads(
+    params, config, sequence_output, pooled_output, features, heads=("mlm", "nsp")
+):
+    """MLM and NSP logits, computed in the dtype of the encoder outputs, returned in float32.
+
+    Args:
+      sequence_output: [B,S,H]; pooled_output: [B,H] (from `bert_encoder`).
+      features: needs masked_lm_positions int32 [B,P] in the standard layout; in the static-mask
+        layout the masked tokens are the first P = max_predictions_per_seq slots.
+      heads: which logits to compute.
+    Returns:
+      {"mlm_logits": float32 [B,P,V], "nsp_logits": float32 [B,2]} (only the requested ones).
+    """
+    dtype = sequence_output.dtype
+    acc = _float_dtype(dtype)
+    outputs = {}
+    if "mlm" in heads:
+        if config.static_mask:
+            masked = sequence_output[:, : config.max_predictions_per_seq]  # [B,P,H]
+        else:
+            positions = features["masked_lm_positions"]
+            masked = tf.gather(sequence_output, positions, batch_dims=1)  # [B,P,H]
+        num_masked = _dim(masked, 1)
+        x = tf.reshape(masked, [-1, config.hidden_size])  # [B*P,H]
+        if config.use_cls_layer:
+            x = ACTIVATIONS[config.hidden_act](_dense(params, "cls/predictions/transform/dense", x))
+            x = layer_norm(params, "cls/predictions/transform/LayerNorm", x, config.layer_norm_eps)
+        table = _weight(params, "bert/embeddings/word_embeddings", dtype)  # [V,H], tied
+        logits = tf.matmul(x, table, transpose_b=True)  # [B*P,V]
+        if config.use_prediction_bias:
+            logits = tf.nn.bias_add(logits, _weight(params, "cls/predictions/output_bias", dtype))
+        logits = tf.cast(logits, acc)
+        outputs["mlm_logits"] = tf.reshape(logits, [-1, num_masked, config.vocab_size])  # [B,P,V]
+    if "nsp" in heads:
+        weights = _weight(params, "cls/seq_relationship/output_weights", dtype)  # [2,H]
+        logits = tf.matmul(pooled_output, weights, transpose_b=True)  # [B,2]
+        logits += _weight(params, "cls/seq_relationship/output_bias", dtype)
+        outputs["nsp_logits"] = tf.cast(logits, acc)
+    return outputs
+
+
+def pretraining_loss(outputs, features):
+    """Reference losses and accuracies from `pretraining_heads` outputs.
+
+    mlm_loss = sum(w * CE) / (sum(w) + 1e-5) over the micro-batch; nsp_loss = mean CE;
+    mlm_acc = sum(w * [argmax == label]) / sum(w) (0 when sum(w) is 0); nsp_acc = mean match;
+    loss = mlm_loss + nsp_loss.
+
+    Args:
+      outputs: dict with "mlm_logits" [B,P,V] and/or "nsp_logits" [B,2].
+      features: masked_lm_ids int32 [B,P], masked_lm_weights float [B,P], next_sentence_labels
+        int32 [B,1] or [B].
+    Returns:
+      dict of float32 scalars (float64 for float64 logits): "loss" plus "mlm_loss", "mlm_acc" and/or "nsp_loss", "nsp_acc" for the
+      heads present.
+    """
+    result, total = {}, []
+    if "mlm_logits" in outputs:
+        logits = outputs["mlm_logits"]
+        labels = tf.cast(features["masked_lm_ids"], tf.int32)
+        weights = tf.cast(features["masked_lm_weights"], logits.dtype)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)  # [B,P]
+        weight_sum = tf.reduce_sum(weights)
+        result["mlm_loss"] = tf.reduce_sum(weights * ce) / (weight_sum + MLM_WEIGHT_EPSILON)
+        match = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), logits.dtype)
+        result["mlm_acc"] = tf.math.divide_no_nan(tf.reduce_sum(weights * match), weight_sum)
+        total.append(result["mlm_loss"])
+    if "nsp_logits" in outputs:
+        logits = outputs["nsp_logits"]
+        labels = tf.reshape(tf.cast(features["next_sentence_labels"], tf.int32), [-1])  # [B]
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        result["nsp_loss"] = tf.reduce_mean(ce)
+        match = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
+        result["nsp_acc"] = tf.reduce_mean(tf.cast(match, logits.dtype))
+        total.append(result["nsp_loss"])
+    result["loss"] = tf.add_n(total)
+    return result
+
+
+def pretraining_flops_per_sequence(config, seq_length, num_masked):
+    """Model FLOPs of one pretraining sequence, forward + backward (= 3 x forward matmul FLOPs).
+
+    A matmul [m,k] x [k,n] counts 2mkn. With S = seq_length, H, I, L, V from config, P = num_masked:
+      per layer: QKV 6SH^2 + scores 2S^2H + context 2S^2H + projection 2SH^2 + FFN 4SHI
+      MLM: transform 2PH^2 (if use_cls_layer) + tied projection 2PHV
+      pooler 2H^2 + NSP 4H
+      total = 3 * (L * (8SH^2 + 4S^2H + 4SHI) + MLM + 2H^2 + 4H)
+    Embedding lookups, LayerNorm, softmax, biases and activations are not counted. BERT-base at
+    S=128, P=20 (V=30522) gives about 69.9 GFLOP.
+    """
+    s, h, i = seq_length, config.hidden_size, config.intermediate_size
+    per_layer = 8 * s * h * h + 4 * s * s * h + 4 * s * h * i
+    mlm = 2 * num_masked * h * config.vocab_size
+    if config.use_cls_layer:
+        mlm += 2 * num_masked * h * h
+    forward = config.num_hidden_layers * per_layer + mlm + 2 * h * h + 4 * h
+    return 3 * forward
