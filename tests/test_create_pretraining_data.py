@@ -47,16 +47,9 @@ def records_of(path):
     return [to_standard(parse_example(r)) for r in read_records(path)]
 
 
-@pytest.fixture(scope="module")
-def small_vocab(tmp_path_factory):
-    """A vocab built from the sample corpus with our create_vocab (so tests need no shared data)."""
-    from bert_data import create_vocab
-
-    path = str(tmp_path_factory.mktemp("vocab") / "vocab.txt")
-    create_vocab.main(
-        ["--input-file", SAMPLE, "--output-file", path, "--vocab-size", "600", "--do-lower-case"]
-    )
-    return path
+@pytest.fixture
+def small_vocab(sample_vocab):
+    return sample_vocab
 
 
 def _describe(instances):

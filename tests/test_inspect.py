@@ -6,29 +6,15 @@ import sys
 
 import pytest
 
-from bert_data import create_pretraining_data as cpd
 from bert_data.records import read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "bert_data", "sample.txt")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from bert_data import create_vocab
-
-    tmp = tmp_path_factory.mktemp("inspect")
-    vocab = str(tmp / "vocab.txt")
-    create_vocab.main(
-        ["--input-file", SAMPLE, "--output-file", vocab, "--vocab-size", "600", "--do-lower-case"]
-    )
-    files = {}
-    for layout, extra in (("standard", []), ("remask", ["--remask"])):
-        out = str(tmp / f"{layout}.tfrecord")
-        argv = ["--input-file", SAMPLE, "--output-file", out, "--vocab-file", vocab]
-        cpd.run(cpd.build_parser().parse_args([*argv, "--do-lower-case", "--quiet", *extra]))
-        files[layout] = out
-    return vocab, files
+@pytest.fixture
+def data(sample_vocab, sample_records):
+    return sample_vocab, sample_records
 
 
 def _inspect(*args):
