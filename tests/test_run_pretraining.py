@@ -222,3 +222,20 @@ def test_data_config_mismatch_is_one_line(tmp_path, sample_vocab, sample_records
     assert (
         "has the standard layout but static_mask is True" in result.stderr.strip().splitlines()[-1]
     )
+
+
+def test_pretrain_sh_chains_phase_two_from_phase_one(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", SAVE_PATH=str(tmp_path))
+    result = subprocess.run(
+        [os.path.join(ROOT, "scripts", "pretrain.sh"), "tiny", "--generated-data",
+         "--num-train-steps", "1", "--hidden-size", "36", "--num-attention-heads", "3"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (phase1,) = glob.glob(str(tmp_path / "phase1" / "pretraining_*"))
+    assert f"initialised from {phase1}/ckpt-0" in result.stdout
+    assert glob.glob(str(tmp_path / "phase2" / "pretraining_*" / "ckpt-0.index"))
+    bad = subprocess.run(
+        [os.path.join(ROOT, "scripts", "pretrain.sh"), "huge"], capture_output=True
+    )
+    assert bad.returncode == 64
