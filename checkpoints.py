@@ -18,6 +18,7 @@ import re
 import tensorflow as tf
 
 from bert_data.errors import UserError
+from bert_data.fileio import atomic_write_text
 
 STATE_FILE = "checkpoint"
 _STEP = re.compile(r"ckpt-(\d+)$")
@@ -37,10 +38,7 @@ def _write_state(directory, prefixes):
     names = [os.path.basename(p) for p in prefixes]
     lines = [f'model_checkpoint_path: "{names[-1]}"']
     lines += [f'all_model_checkpoint_paths: "{n}"' for n in names]
-    temp = os.path.join(directory, f".{STATE_FILE}.tmp")
-    with open(temp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(temp, os.path.join(directory, STATE_FILE))
+    atomic_write_text(os.path.join(directory, STATE_FILE), "\n".join(lines) + "\n")
 
 
 def listed(directory):

@@ -31,9 +31,9 @@ import json
 import os
 import secrets
 import sys
-import tempfile
 
 from bert_data.errors import UserError
+from bert_data.fileio import atomic_write_json, read_json
 
 EX_USAGE = 64  # os.EX_USAGE, which Windows lacks
 STAGE_TOKENS = ("emb", "pos", "hid", "mlm", "nsp", "loc", "glu", "glu_reg")
@@ -388,13 +388,7 @@ def build_parser(options, script_name, description="", require_config=True):
 
 def load_config(path, options):
     """Read a JSON config, check every key and value against `options`; return {key: value}."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except OSError as err:
-        raise UserError(f"cannot read config {path}: {err.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"config {path} is not valid JSON: {err}") from None
+    raw = read_json(path, "config")
     if not isinstance(raw, dict):
         raise UserError(f"config {path} must hold a JSON object {{key: value}}", EX_USAGE)
     by_key = {o.key: o for o in options}
@@ -606,18 +600,8 @@ def save_resolved(opts, path):
     "_" prefix, so the file is itself a valid `--config`.
     """
     data = {(k if k in SCHEMA or k.startswith("_") else f"_{k}"): v for k, v in opts.items()}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".arguments-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_json(path, data)
 
 
 BERT_CONFIG_KEYS = (

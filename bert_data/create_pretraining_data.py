@@ -38,6 +38,7 @@ import numpy as np
 
 from bert_data import records
 from bert_data.errors import UserError, cli_main
+from bert_data.fileio import ensure_output_dir
 from bert_data.tokenization import FullTokenizer, check_casing
 
 STAT_KEYS = (
@@ -387,13 +388,7 @@ def _outputs(spec):
     if not outputs:
         raise UserError("no output file given (--output-file)")
     for path in outputs:
-        directory = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"cannot create output directory {directory}: {err.strerror}") from None
-        if not os.access(directory, os.W_OK):
-            raise UserError(f"output directory is not writable: {directory}")
+        ensure_output_dir(path)
     return outputs
 
 

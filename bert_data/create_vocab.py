@@ -30,6 +30,7 @@ import unicodedata
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from bert_data.errors import UserError, cli_main
+from bert_data.fileio import atomic_write_text, ensure_output_dir
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SUBWORD_PREFIX = "##"
@@ -261,28 +262,12 @@ def measure_unk_rate(tokens, files, do_lower_case, max_lines=COVERAGE_MAX_LINES)
 
 
 def write_vocab(tokens, path):
-    """Write one token per line, atomically (`<path>.tmp-<pid>`, then rename)."""
-    tmp_path = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp_path, "w", encoding="utf-8", newline="\n") as f:
-            f.write("".join(token + "\n" for token in tokens))
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    """Write one token per line, atomically (temporary file, then rename)."""
+    atomic_write_text(path, "".join(token + "\n" for token in tokens))
 
 
 def _check_output_dir(path):
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as err:
-        raise UserError(
-            f"--output-file: cannot create directory {directory} ({err.strerror})"
-        ) from None
-    if not os.access(directory, os.W_OK):
-        raise UserError(f"--output-file: directory {directory} is not writable")
+    ensure_output_dir(path)
     if os.path.isdir(path):
         raise UserError(f"--output-file {path} is a directory; give a file name like vocab.txt")
 

@@ -107,21 +107,21 @@ def _varints(values):
     """Varint encoding of a 1-D array of non-negative ints: (flat uint8 bytes, size of each value)."""
     if values.size and values.min() < 0:
         raise ValueError("negative int64 features are not supported by this writer")
-    v = _unsigned(values)[0].reshape(-1)
+    v, top = _unsigned(values)
+    v = v.reshape(-1)
+    if top < 1 << 7:
+        return v.astype(np.uint8), np.ones(v.shape, np.int64)
+    width = 1
+    while width < 10 and top >= 1 << (7 * width):
+        width += 1
     sizes = _varint_sizes(v)
-    width = int(sizes.max()) if v.size else 1
-    if width == 1:
-        return v.astype(np.uint8), sizes
-    # Byte k of value i goes to offset start[i] + k for every k < sizes[i]; low 7 bits first, and the
-    # high bit set on every byte but the last.
-    out = np.empty(int(sizes.sum()), np.uint8)
-    start = np.cumsum(sizes) - sizes
+    # Byte k of each value: 7 bits, with the continuation bit when more bytes follow; then keep the
+    # first `size` bytes of each row of the [n, width] table (row-major order = wire order).
+    table = np.empty((v.size, width), np.uint8)
     for k in range(width):
-        has = sizes > k if k else slice(None)
-        group = ((v[has] >> v.dtype.type(7 * k)) & v.dtype.type(0x7F)).astype(np.uint8)
-        group[sizes[has] > k + 1] |= 0x80
-        out[start[has] + k] = group
-    return out, sizes
+        group = (v >> v.dtype.type(7 * k)) & v.dtype.type(0x7F)
+        table[:, k] = group | ((sizes > k + 1) * 0x80).astype(v.dtype)
+    return table[np.arange(width)[None, :] < sizes[:, None]], sizes
 
 
 def _ragged_concat(segments, n):
@@ -136,15 +136,18 @@ def _ragged_concat(segments, n):
     """
     lengths = np.stack([lens for _, lens in segments], axis=1)  # [n, m]
     row_len = lengths.sum(axis=1)
-    starts = np.concatenate([[0], np.cumsum(lengths.reshape(-1))[:-1]]).reshape(n, -1)
-    out = np.empty(int(row_len.sum()), np.uint8)
+    total = int(row_len.sum())
+    index = np.int32 if total < 2**31 else np.int64  # half the memory traffic when it fits
+    starts = (np.cumsum(lengths.reshape(-1)) - lengths.reshape(-1)).reshape(n, -1).astype(index)
+    out = np.empty(total, np.uint8)
     for j, (flat, lens) in enumerate(segments):
         if flat.size == 0:
             continue
         # Destination of byte b of row r = starts[r, j] + b: shift each row's block as a whole.
-        seg_starts = np.cumsum(lens) - lens
+        seg_starts = (np.cumsum(lens) - lens).astype(index)
         shift = np.repeat(starts[:, j] - seg_starts, lens)
-        out[shift + np.arange(flat.size)] = flat
+        shift += np.arange(flat.size, dtype=index)
+        out[shift] = flat
     return out, row_len
 
 

@@ -47,6 +47,7 @@ import sys
 from tqdm import tqdm
 
 from bert_data.errors import UserError, cli_main
+from bert_data.fileio import ensure_output_dir
 
 HEADING_MAX_WORDS_OPEN = 8
 HEADING_MAX_WORDS_PERIOD = 4
@@ -423,13 +424,7 @@ def main(argv=None):
             disable=None,
         ) as progress:
             for input_path, output_path in pairs:
-                directory = os.path.dirname(os.path.abspath(output_path))
-                try:
-                    os.makedirs(directory, exist_ok=True)
-                except OSError as err:
-                    raise UserError(
-                        f"--output-file: cannot create {directory} ({err.strerror})"
-                    ) from None
+                ensure_output_dir(output_path)
                 stats = preprocess_file(input_path, output_path, max_lines, pool, progress)
                 if stats["documents"] + stats["empty"] == 0:
                     no_docs.append(input_path)

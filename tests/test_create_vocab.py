@@ -193,7 +193,7 @@ def test_errors(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x", encoding="utf-8")
     err = _error(capsys, ["--input-file", SAMPLE, "--output-file", str(blocker / "vocab.txt")])
-    assert "cannot create directory" in err
+    assert "cannot create output directory" in err
 
     err = _error(capsys, ["--input-file", SAMPLE, "--output-file", out, "--vocab-size", "0"])
     assert "--vocab-size must be a positive integer" in err
