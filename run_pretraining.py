@@ -99,8 +99,10 @@ def main(argv=None):
     opts["_strategy"] = strategy
     config = modeling.BertConfig(**options.bert_config_from_options(opts))
     seq, masks = opts["seq_length"], opts["max_predictions_per_seq"]
-    if opts["generated_data"]:
+    if opts["generated_data"] or opts["synthetic_data"]:
         dataset = pretraining.generated_dataset(opts, opts["seed"], config.vocab_size)
+        if opts["synthetic_data"]:  # one batch, cached: measures the step without input work
+            dataset = dataset.take(1).cache().repeat()
         opts["_num_samples"] = 10_000_000
     else:
         files = pretraining.expand_train_files(opts["train_file"])

@@ -27,25 +27,35 @@ COMPUTE_DTYPES = {"32": tf.float32, "16": tf.float16, "bf16": tf.bfloat16}
 
 
 def make_strategy(replicas):
-    """Default strategy for one replica; MirroredStrategy over GPUs (or logical CPUs) otherwise."""
+    """Default strategy for one replica; MirroredStrategy over GPUs, or over logical CPUs when the
+    machine has no GPU (data parallelism that runs anywhere, e.g. to test it)."""
     if replicas <= 1:
         return tf.distribute.get_strategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) >= replicas:
-        return tf.distribute.MirroredStrategy([d.name for d in gpus[:replicas]])
-    cpus = tf.config.list_logical_devices("CPU")
-    if len(cpus) < replicas:
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus and len(gpus) < replicas:
         raise UserError(
-            f"--replicas {replicas} needs {replicas} GPUs (found {len(gpus)}); on CPU call "
-            "training.split_cpu(replicas) before TensorFlow initialises"
+            f"--replicas {replicas} needs {replicas} GPUs; this machine has {len(gpus)}"
         )
-    return tf.distribute.MirroredStrategy([d.name for d in cpus[:replicas]])
+    if not gpus:
+        split_cpu(replicas)
+    kind = "GPU" if gpus else "CPU"
+    devices = [d.name for d in tf.config.list_logical_devices(kind)[:replicas]]
+    return tf.distribute.MirroredStrategy(devices)
 
 
 def split_cpu(n):
     """Expose the CPU as n logical devices (tests of data parallelism without GPUs)."""
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    if len(tf.config.get_logical_device_configuration(cpu) or []) == n:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * n
+        )
+    except RuntimeError:
+        raise UserError(
+            f"--replicas {n} on CPU must be set before TensorFlow starts (it has already)"
+        ) from None
 
 
 def measured_peak_flops(dtype, seconds=0.5):
@@ -196,7 +206,8 @@ class Trainer:
             metrics["tokens"] = tf.cast(self.tokens_fn(features), tf.float32)
         return grads, metrics
 
-    def _replica_step(self, batch):
+    def _accumulate(self, batch):
+        """Replica context: gradients summed over the GA micro-batches (still loss-scaled)."""
         step = self.global_step.read_value()
         scale = self._loss_scale(step)
         first = {k: v[0] for k, v in batch.items()}
@@ -215,15 +226,15 @@ class Trainer:
             _, grads, metrics = tf.while_loop(
                 lambda i, *_: i < self.ga, body, (tf.constant(1), grads, metrics)
             )
-        ctx = tf.distribute.get_replica_context()
-        replicas = ctx.num_replicas_in_sync
-        divisor = scale * (self.ga * replicas if self.opts["reduction_type"] == "mean" else 1.0)
-        grads = [g / divisor for g in grads]
-        if replicas > 1:
-            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        tokens = metrics.pop("tokens", None)
-        metrics = {k: v / self.ga for k, v in metrics.items()}
+        divisor = scale * (self.ga if self.opts["reduction_type"] == "mean" else 1.0)
+        metrics = {k: v if k == "tokens" else v / self.ga for k, v in metrics.items()}
+        return names, [g / divisor for g in grads], metrics
+
+    def _apply(self, names, grads, metrics):
+        """Unscaled, reduced gradients -> (conditional) update; returns the step's metrics."""
+        step = self.global_step.read_value()
         finite = tf.logical_and(optimization.all_finite(grads), tf.math.is_finite(metrics["loss"]))
+        scale = self._loss_scale(step)
         apply = self.dynamic.update(finite) if self.dynamic is not None else finite
         lr = self.schedule.tf_at_step(step)
 
@@ -232,26 +243,49 @@ class Trainer:
 
         grad_norm = tf.cond(apply, update, lambda: optimization.global_norm(grads))
         self.global_step.assign_add(1)
-        metrics.update(learning_rate=lr, loss_scaling=scale, grad_norm=grad_norm)
+        metrics = dict(metrics, learning_rate=lr, loss_scaling=scale, grad_norm=grad_norm)
         metrics["applied"] = tf.cast(apply, tf.float32)
-        if tokens is not None:
-            metrics["tokens"] = tokens * replicas  # mean over replicas below -> total
         return metrics
 
     def step_function(self):
-        """The compiled step: dataset element -> dict of float32 scalars (mean over replicas)."""
-        if self._step_fn is None:
-            replica_step = tf.function(self._replica_step, jit_compile=bool(self.opts["xla"]))
+        """The compiled optimizer step: dataset element -> dict of float32 scalars.
 
-            @tf.function
-            def step(batch):
-                per_replica = self.strategy.run(replica_step, args=(batch,))
-                return {
-                    k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
-                    for k, v in per_replica.items()
-                }
+        One replica: accumulation and update are one function, XLA-compiled when `xla` is on. Several
+        replicas: each accumulates its share in replica context; gradients are reduced across replicas
+        (mean, or sum with reduction_type sum) and the update runs once in cross-replica context on the
+        mirrored variables (no XLA there: tf.distribute does not compile across devices).
+        """
+        if self._step_fn is not None:
+            return self._step_fn
+        strategy = self.strategy
+        if strategy.num_replicas_in_sync == 1:
 
-            self._step_fn = step
+            def single(batch):
+                names, grads, metrics = self._accumulate(batch)
+                return self._apply(names, grads, metrics)
+
+            self._step_fn = tf.function(single, jit_compile=bool(self.opts["xla"]))
+            return self._step_fn
+        sum_op, mean_op = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
+        grad_op = mean_op if self.opts["reduction_type"] == "mean" else sum_op
+        holder = {}
+
+        def replica(batch):
+            names, grads, metrics = self._accumulate(batch)
+            holder["names"] = names
+            return grads, metrics
+
+        @tf.function
+        def multi(batch):
+            grads, metrics = strategy.run(replica, args=(batch,))
+            grads = [strategy.reduce(grad_op, g, axis=None) for g in grads]
+            metrics = {
+                k: strategy.reduce(sum_op if k == "tokens" else mean_op, v, axis=None)
+                for k, v in metrics.items()
+            }
+            return self._apply(holder["names"], grads, metrics)
+
+        self._step_fn = multi
         return self._step_fn
 
 
@@ -368,7 +402,18 @@ def _train(opts, trainer, dataset, run, flops_per_sample, evaluate):
     if hasattr(trainer.model, "config"):
         trainer.model.config.to_json_file(os.path.join(run.dir, "bert_config.json"))
     run.log(f"run directory: {run.dir}")
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    iterator = iter(dataset)  # a plain iterator: its position goes into every checkpoint
+    replicas = strategy.num_replicas_in_sync
+
+    def next_batch():
+        if replicas == 1:
+            return next(iterator)
+        # Each element is one replica's [GA, micro_batch] share; replicas take elements in turn.
+        shares = [next(iterator) for _ in range(replicas)]
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: shares[ctx.replica_id_in_sync_group]
+        )
+
     restore_for_training(opts, trainer, iterator, run)
     step_fn = trainer.step_function()
     gbs = opts["global_batch_size"]
@@ -378,6 +423,7 @@ def _train(opts, trainer, dataset, run, flops_per_sample, evaluate):
         peak = opts.get("peak_tflops") and opts["peak_tflops"] * 1e12
         peak = peak or measured_peak_flops(trainer.compute_dtype)
         run.log(f"matmul peak of this machine ({opts['precision']}): {peak / 1e9:.0f} GFLOP/s")
+    _round_periods(opts, run)
     first = int(trainer.global_step.numpy())
     if first >= opts["num_train_steps"]:
         run.log(f"nothing to do: the checkpoint is already at step {first}")
@@ -390,7 +436,7 @@ def _train(opts, trainer, dataset, run, flops_per_sample, evaluate):
     with _Stop() as stop:
         for step in range(first, opts["num_train_steps"]):
             t = time.time()
-            batch = next(iterator)
+            batch = next_batch()
             out = step_fn(batch)
             metrics = {k: float(v) for k, v in out.items()}
             elapsed = time.time() - t
@@ -432,6 +478,22 @@ def _train(opts, trainer, dataset, run, flops_per_sample, evaluate):
     if evaluate is not None and not stop.requested:
         evaluate(run)
     return metrics
+
+
+def _round_periods(opts, run):
+    """device_iterations (reference: steps per host call): the number of steps is rounded down and
+    the log and checkpoint periods up to multiples of it, as the reference did; each step is still
+    one call here."""
+    di = opts["device_iterations"]
+    if di <= 1:
+        return
+    opts["num_train_steps"] = max(di, opts["num_train_steps"] // di * di)
+    for key in ("steps_per_logs", "steps_per_ckpts"):
+        opts[key] = -(-opts[key] // di) * di
+    run.log(
+        f"device_iterations {di}: {opts['num_train_steps']} steps, logs every "
+        f"{opts['steps_per_logs']}, checkpoints every {opts['steps_per_ckpts']}"
+    )
 
 
 def _check_skips(trainer, step, limit=0.5):

@@ -28,7 +28,6 @@ import argparse
 import codecs
 import contextlib
 import glob
-import itertools
 import multiprocessing
 import random
 import time
@@ -213,26 +212,22 @@ def build_chunk(chunk_index, documents, cfg):
     tok = _worker_tokenizer(cfg)
 
     lines = [line for doc in documents for line in doc]
-    encoded = tok.encode_batch(lines)
-    sent_len_all = np.fromiter(map(len, encoded), np.int64, len(encoded))
-    doc_spans, kept, pos, sent_index = [], [], 0, 0
-    for doc in documents:
-        first = sent_index
-        for j in range(pos, pos + len(doc)):
-            if sent_len_all[j]:
-                kept.append(j)
-                sent_index += 1
-        pos += len(doc)
-        if sent_index > first:
-            doc_spans.append((first, sent_index - first))
+    ids, line_len = tok.encode_flat(lines)
+    # Sentences that tokenise to nothing are dropped (Google keeps only non-empty ones).
+    doc_spans, sentence = [], 0
+    kept = line_len > 0
+    line_doc_end = np.cumsum([len(doc) for doc in documents])
+    kept_before = np.concatenate([[0], np.cumsum(kept)])[line_doc_end]
+    for count in np.diff(np.concatenate([[0], kept_before])).tolist():
+        if count:
+            doc_spans.append((sentence, count))
+            sentence += count
     stats = dict.fromkeys(STAT_KEYS, 0)
     stats["documents"] = len(doc_spans)
     if not doc_spans:
         return b"", np.zeros(0, np.int64), stats
-    sent_len = sent_len_all[kept]
-    flat = np.fromiter(
-        itertools.chain.from_iterable(encoded[j] for j in kept), np.int32, int(sent_len.sum())
-    )  # all tokens of the chunk, documents in order
+    sent_len = line_len[kept]
+    flat = ids  # all tokens of the chunk, documents in order (empty lines contribute none)
     sent_start = np.concatenate([[0], np.cumsum(sent_len)])
     sent_len_list, sent_start_list = sent_len.tolist(), sent_start.tolist()
     stats["input_tokens"] = int(flat.size)
@@ -529,6 +524,7 @@ def run(args):
         raise UserError(f"input is empty: {args.input_file}")
     tok = FullTokenizer(args.vocab_file, args.do_lower_case)
     check_casing(tok.vocab, args.do_lower_case, args.vocab_file)
+    _TOKENIZER[(args.vocab_file, args.do_lower_case)] = tok  # forked workers inherit it
     cfg = _chunk_config(args, tok)
     _ReplacementCounter.count = 0
     temps = [f"{path}.tmp-{os.getpid()}" for path in outputs]

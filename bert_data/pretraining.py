@@ -121,7 +121,7 @@ def tfrecord_dataset(files, opts, seed, shard=(1, 0)):
         tf.data.TFRecordDataset,
         cycle_length=max(1, min(opts["parallel_io_threads"], len(files))),
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
+        deterministic=not opts.get("sloppy_parallel_interleave", False),
     )
     ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed + 1, reshuffle_each_iteration=True)
     return _batch(ds, opts, lambda r: _to_model_features(tf.io.parse_example(r, spec), static))

@@ -10,10 +10,12 @@ the Rust pipeline on English text); every other line goes straight to Rust. `tes
 equality against an independent plain-Python implementation on real text.
 """
 
+import itertools
 import os
 import re
 import unicodedata
 
+import numpy as np
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
@@ -30,6 +32,7 @@ _ASCII_WORD = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
 # In other lines, a whitespace-delimited piece holding any non-ASCII character is kept whole (the Rust
 # pipeline basic-tokenises it); the rest is split as above.
 _MIXED_WORD = re.compile(r"\S*[^\x00-\x7f]\S*|[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
+_ASCII_CONTROL_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CACHE_LIMIT = 1_000_000
 # Separators where Python's str.split() and Google's whitespace rule disagree (Google deletes the control
 # characters and keeps U+2028/U+2029 inside words); lines with them skip the word-level path.
@@ -184,8 +187,7 @@ class FullTokenizer:
         self._full.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         self._pretokenized = Tokenizer(model)
         self._pretokenized.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        self._pieces = {}  # basic-tokenised word -> WordPiece ids
-        self._rust_words = {}  # whitespace-delimited non-ASCII piece -> ids from the Rust pipeline
+        self._reset_cache()  # basic-tokenised word -> WordPiece ids (see _encode_words)
 
     @property
     def vocab_size(self):
@@ -210,49 +212,91 @@ class FullTokenizer:
         return ids
 
     def _encode_words(self, texts):
-        """Exact ids through per-word caches (words repeat: Zipf's law).
+        """Exact ids through a per-word cache (words repeat: Zipf's law), as flat arrays.
 
         A line is split on whitespace exactly as Google splits it (the caller guarantees that); pure-ASCII
         pieces are basic-tokenised with a regex, other pieces by the Rust pipeline, once per distinct piece.
-        Lower-casing the whole line first is Google's own `str.lower`, so it is exact.
+        Lower-casing the whole line first is Google's own `str.lower`, so it is exact. The cache is a CSR
+        table (word -> row; row -> WordPiece ids), so expanding words to ids is vectorised.
+
+        Returns:
+          (ids int32 [total], per-text token counts int64 [len(texts)]).
         """
-        pieces, rust = self._pieces, self._rust_words
-        if len(pieces) > _CACHE_LIMIT:
-            pieces.clear()
-        if len(rust) > _CACHE_LIMIT:
-            rust.clear()
-        table, lower = _ASCII_CONTROLS, self.do_lower_case
-        word_lists = []
-        for text in texts:
-            text = text.translate(table)
-            if lower:
-                text = text.lower()
-            pattern = _ASCII_WORD if text.isascii() else _MIXED_WORD
-            word_lists.append(pattern.findall(text))
-        new_words = set().union(*word_lists).difference(pieces)
-        new_rust = [w for w in new_words if not w.isascii() and w not in rust]
-        for word, enc in zip(
-            new_rust, self._full.encode_batch_fast(new_rust, add_special_tokens=False)
-        ):
-            rust[word] = enc.ids
-        for word in new_words:
-            pieces[word] = self._word_pieces(word) if word.isascii() else rust[word]
-        return [[i for w in words for i in pieces[w]] for words in word_lists]
+        if len(self._word_row) > _CACHE_LIMIT:
+            self._reset_cache()
+        if _ASCII_CONTROL_CHAR.search("".join(texts)):
+            texts = [t.translate(_ASCII_CONTROLS) for t in texts]
+        if self.do_lower_case:
+            texts = [t.lower() for t in texts]
+        word_lists = [(_ASCII_WORD if t.isascii() else _MIXED_WORD).findall(t) for t in texts]
+        words = list(itertools.chain.from_iterable(word_lists))
+        new_words = list(set(words).difference(self._word_row))
+        if new_words:
+            self._add_words(new_words)
+        rows = np.fromiter(map(self._word_row.__getitem__, words), np.int64, len(words))
+        starts = self._piece_start[rows]
+        lens = self._piece_start[rows + 1] - starts
+        # ids of word w occupy [starts[w], starts[w] + lens[w]) of the piece table, back to back.
+        shift = np.repeat(starts - (np.cumsum(lens) - lens), lens)
+        ids = self._piece_ids[shift + np.arange(shift.size)]
+        word_counts = np.fromiter(map(len, word_lists), np.int64, len(word_lists))
+        token_counts = np.zeros(len(texts), np.int64)
+        nonempty = word_counts > 0
+        if nonempty.any():
+            first_word = (np.cumsum(word_counts) - word_counts)[nonempty]
+            token_counts[nonempty] = np.add.reduceat(lens, first_word)
+        return ids, token_counts
+
+    def _reset_cache(self):
+        self._word_row = {}
+        self._piece_ids = np.zeros(0, np.int32)
+        self._piece_start = np.zeros(1, np.int64)
+
+    def _add_words(self, words):
+        """WordPiece ids of new words into the cache (non-ASCII ones through the Rust pipeline)."""
+        non_ascii = [w for w in words if not w.isascii()]
+        rust = dict(
+            zip(non_ascii, self._full.encode_batch_fast(non_ascii, add_special_tokens=False))
+        )
+        pieces = [rust[w].ids if w in rust else self._word_pieces(w) for w in words]
+        base = len(self._word_row)
+        self._word_row.update(zip(words, range(base, base + len(words))))
+        lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
+        self._piece_start = np.concatenate(
+            [self._piece_start, self._piece_start[-1] + np.cumsum(lengths)]
+        )
+        new_ids = np.fromiter(itertools.chain.from_iterable(pieces), np.int32, int(lengths.sum()))
+        self._piece_ids = np.concatenate([self._piece_ids, new_ids])
+
+    def encode_flat(self, texts):
+        """All texts' token ids back to back, and each text's token count.
+
+        Returns:
+          (ids int32 [total], counts int64 [len(texts)]), the fast form for the data tools.
+        """
+        texts = list(texts)
+        special = [i for i, t in enumerate(texts) if self._needs_special(t)]
+        if not special:
+            return self._encode_words(texts)
+        lists = self._encode_many(texts)
+        counts = np.fromiter(map(len, lists), np.int64, len(lists))
+        ids = np.fromiter(itertools.chain.from_iterable(lists), np.int32, int(counts.sum()))
+        return ids, counts
+
+    @staticmethod
+    def _needs_special(text):
+        return not text.isascii() and bool(
+            _SPLIT_DISAGREES.search(text) or _needs_python_normalizer(text)
+        )
 
     def _encode_many(self, texts):
         """Token-id lists for many texts; same result as one by one."""
-        word_idx, word_texts, special = [], [], []
-        for i, text in enumerate(texts):
-            if text.isascii() or not (
-                _SPLIT_DISAGREES.search(text) or _needs_python_normalizer(text)
-            ):
-                word_idx.append(i)
-                word_texts.append(text)
-            else:
-                special.append(i)
+        word_idx = [i for i, t in enumerate(texts) if not self._needs_special(t)]
+        special = [i for i, t in enumerate(texts) if self._needs_special(t)]
         out = [None] * len(texts)
-        for i, ids in zip(word_idx, self._encode_words(word_texts)):
-            out[i] = ids
+        ids, counts = self._encode_words([texts[i] for i in word_idx])
+        for i, chunk in zip(word_idx, np.split(ids, np.cumsum(counts)[:-1])):
+            out[i] = chunk.tolist()
         if special:
             words = [_google_normalize(texts[i], self.do_lower_case) for i in special]
             encs = self._pretokenized.encode_batch_fast(

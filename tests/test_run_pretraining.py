@@ -239,3 +239,26 @@ def test_pretrain_sh_chains_phase_two_from_phase_one(tmp_path):
         [os.path.join(ROOT, "scripts", "pretrain.sh"), "huge"], capture_output=True
     )
     assert bad.returncode == 64
+
+
+def test_two_replicas_equal_gradient_accumulation(tmp_path):
+    """--replicas 2 (logical CPUs) and GA 2 on one replica see the same 8 sequences per step."""
+    common = ["--generated-data", "--static-mask", "false", "--num-train-steps", "3"]
+    common += ["--hidden-dropout-prob", "0", "--attention-probs-dropout-prob", "0"]
+    two = cli(*small_run_args(tmp_path / "r2", *common, "--replicas", "2"))
+    one = cli(*small_run_args(tmp_path / "r1", *common))
+    assert two.returncode == 0 and one.returncode == 0, two.stderr[-2000:] + one.stderr[-2000:]
+    a, b = STEP_LINE.findall(two.stdout), STEP_LINE.findall(one.stdout)
+    assert len(a) == 3 and a == b
+    _, wa = _final_state(run_dirs(tmp_path / "r2")[0])
+    _, wb = _final_state(run_dirs(tmp_path / "r1")[0])
+    for name in wa:
+        np.testing.assert_allclose(wa[name], wb[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_fp16_uses_dynamic_loss_scaling(tmp_path):
+    result = cli(*small_run_args(tmp_path, "--generated-data", "--num-train-steps", "3",
+                                 "--precision", "16"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("step: ")]
+    assert len(lines) == 3 and all("loss_scale: 32768, skipped_steps: 0" in line for line in lines)
