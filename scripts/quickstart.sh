@@ -19,5 +19,5 @@ python3 -m bert_data.inspect "$OUT/sample.tfrecord" --vocab-file "$OUT/vocab.txt
 python3 run_pretraining.py --config configs/pretrain_tiny_128_lamb.json \
   --train-file "$OUT/sample.tfrecord" --eval-file "$OUT/sample.tfrecord" --vocab-file "$OUT/vocab.txt" \
   --num-train-steps "$STEPS" --micro-batch-size 32 --global-batch-size 32 --base-learning-rate 0.03 \
-  --warmup 0.05 --hidden-dropout-prob 0 --steps-per-logs 50 --steps-per-ckpts 200 \
+  --warmup 0.05 --hidden-dropout-prob 0 --duplicate-factor 10 --steps-per-logs 50 --steps-per-ckpts 200 \
   --save-path "$OUT/checkpoints" "$@"
