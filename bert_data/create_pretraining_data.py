@@ -247,11 +247,13 @@ def build_chunk(chunk_index, documents, cfg):
     cut_a, cut_b = _truncation_cuts(la, lb, seq - 3)
     front_a, front_b = gen.binomial(cut_a, 0.5), gen.binomial(cut_b, 0.5)
     a_lo, b_lo = a_lo + front_a, b_lo + front_b
-    la, lb = la - cut_a, lb - cut_b
+    # int32 from here on: the [n, seq] matrices are the bulk of the work (half the memory traffic).
+    a_lo, b_lo = a_lo.astype(np.int32), b_lo.astype(np.int32)
+    la, lb = (la - cut_a).astype(np.int32), (lb - cut_b).astype(np.int32)
     n = len(p)
 
     # Token matrix [n, seq]: [CLS] A [SEP] B [SEP] then padding.
-    j = np.arange(seq)[None, :]
+    j = np.arange(seq, dtype=np.int32)[None, :]
     la_, lb_ = la[:, None], lb[:, None]
     length = la + lb + 3
     in_a = (j >= 1) & (j <= la_)
@@ -261,7 +263,7 @@ def build_chunk(chunk_index, documents, cfg):
     real = j < length[:, None]
     original = np.where(in_a | in_b, flat[src], 0)
     original = np.where(j == 0, cfg["cls_id"], np.where(sep, cfg["sep_id"], original))
-    segment = ((j >= la_ + 2) & real).astype(np.int64)
+    segment = ((j >= la_ + 2) & real).astype(np.int32)
 
     # Masking: which positions, then the 80/10/10 replacement.
     cand = real & (j >= 1) & ~sep
@@ -274,7 +276,7 @@ def build_chunk(chunk_index, documents, cfg):
             chosen[r, : len(picks)] = picks
         k = (chosen < seq).sum(axis=1)
     else:
-        keys = np.where(cand, gen.random((n, seq)), 2.0)
+        keys = np.where(cand, gen.random((n, seq), np.float32), np.float32(2.0))
         smallest = np.argpartition(keys, P - 1, axis=1)[:, :P]
         order = np.argsort(np.take_along_axis(keys, smallest, axis=1), axis=1)
         chosen = np.take_along_axis(smallest, order, axis=1)

@@ -128,7 +128,11 @@ def test_records_are_valid_bert_instances(tmp_path, small_vocab):
         ids = r["input_ids"]
         assert ids[0] == 2 and ids[length - 1] == 3  # [CLS] ... [SEP] in the sample vocab
         assert (ids[length:] == 0).all() and (r["input_mask"][:length] == 1).all()
-        seps = np.flatnonzero(ids[:length] == 3)
+        original = ids.copy()  # random replacements may be special ids: look at the originals
+        w0 = r["masked_lm_weights"] > 0
+        original[r["masked_lm_positions"][w0]] = r["masked_lm_ids"][w0]
+        seps = np.flatnonzero(original[:length] == 3)
+        assert len(seps) == 2 and seps[1] == length - 1
         # Segment ids: 0 up to and including the first [SEP], then 1 up to the last one.
         assert (r["segment_ids"][: seps[0] + 1] == 0).all()
         assert (r["segment_ids"][seps[0] + 1 : length] == 1).all()
