@@ -344,17 +344,24 @@ def restore_for_training(opts, trainer, iterator, run):
         )
         return
     if opts.get("init_checkpoint"):
-        prefix = checkpoints.resolve(opts["init_checkpoint"])
-        model_names = list(trainer.model.params)
-        loaded, missing, unexpected = checkpoints.restore(
-            prefix, {**trainer.model.params, **trainer.optimizer.slots}, required=model_names
+        import interop  # native, Google TF1 or Hugging Face checkpoints, converted by name
+
+        report = interop.load_into(
+            opts["init_checkpoint"],
+            {**trainer.model.params, **trainer.optimizer.slots},
+            required=list(trainer.model.params),
         )
-        slots = [n for n in loaded if n in trainer.optimizer.slots]
+        slots = [n for n in report.loaded if n in trainer.optimizer.slots]
+        converted = "" if report.format == "native" else f" (converted from {report.format})"
         run.log(
-            f"initialised from {prefix}: {len(loaded) - len(slots)} model variables, "
-            f"{len(slots)} optimizer slots"
-            + (f" ({len(missing)} optimizer slots start fresh)" if missing else "")
-            + (f"; ignored {len(unexpected)} other tensors" if unexpected else "")
+            f"initialised from {report.source}{converted}: "
+            f"{len(report.loaded) - len(slots)} model variables, {len(slots)} optimizer slots"
+            + (f" ({len(report.missing)} optimizer slots start fresh)" if report.missing else "")
+            + (
+                f"; unused checkpoint tensors: {len(report.unexpected)}"
+                if report.unexpected
+                else ""
+            )
         )
 
 

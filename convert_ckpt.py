@@ -1,0 +1,524 @@
+"""Convert BERT checkpoints between Google's TF1 format, Hugging Face folders and ours; export.
+
+    python3 convert_ckpt.py google2graphcore <google checkpoint prefix or folder> [options]
+    python3 convert_ckpt.py graphcore2google <our checkpoint prefix or run dir> [options]
+    python3 convert_ckpt.py hf2graphcore <Hugging Face folder> [options]
+    python3 convert_ckpt.py graphcore2hf <our checkpoint prefix or run dir> [options]
+    python3 convert_ckpt.py export <our checkpoint prefix or run dir> [options]
+
+"graphcore" is this project's native checkpoint (what --init-checkpoint and the fine-tuning scripts
+load). Conversions are lossless by default: renames, transposes and Q/K/V concatenation only, every
+model tensor and head kept, and the written files are read back and compared bitwise. They are
+strict: an incomplete or unknown checkpoint is refused with the names. Optimizer slots and
+counters are dropped unless --keep-optimizer-slots. Next to the output go bert_config.json (or
+config.json) with the switches the weights need, the vocab, and conversion_report.json.
+
+`export` writes a weights-only copy of a run's checkpoint with bert_config.json, the vocab, the
+run's arguments.json and provenance.json (vocab sha256, code version), without optimizer state.
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+import interop
+from bert_data.errors import UserError, cli_main
+from bert_data.fileio import atomic_write_json, read_json
+
+COMMANDS = ("google2graphcore", "graphcore2google", "hf2graphcore", "graphcore2hf", "export")
+SOURCE_FORMAT = {"google2graphcore": "google", "hf2graphcore": "hf"}
+TARGET_FORMAT = {
+    "google2graphcore": "native",
+    "hf2graphcore": "native",
+    "graphcore2google": "google",
+    "graphcore2hf": "hf",
+    "export": "native",
+}
+SWITCH_FLAGS = (
+    ("use_qkv_bias", ("--use_qkv_bias", "--use-qkv-bias")),
+    ("use_attention_projection_bias", ("--use_attention_bias", "--use-attention-bias")),
+    ("use_prediction_bias", ("--use_prediction_bias", "--use-prediction-bias")),
+    ("use_cls_layer", ("--use_cls_layer", "--use-cls-layer")),
+)
+REPORT_FILE = "conversion_report.json"
+
+
+def _bool(text):
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="convert_ckpt.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Reference spellings (--output_dir) and kebab case (--output-dir) both work.",
+    )
+    parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument("checkpoint", help="checkpoint prefix, its directory, or an HF folder")
+    parser.add_argument("--output_dir", "--output-dir", default="converted_ckpt")
+    parser.add_argument(
+        "--vocab_size",
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="truncate (rows >= N dropped) or zero-pad the word embeddings and MLM output bias "
+        "to N rows; default keeps the checkpoint's size (the reference truncated to 30400)",
+    )
+    for key, flags in SWITCH_FLAGS:
+        parser.add_argument(
+            *flags,
+            dest=key,
+            type=_bool,
+            nargs="?",
+            const=True,
+            default=None,
+            help=f"true: write {key} tensors (zeros if the source has none); false: drop them; "
+            "default: as the source (Google/HF outputs always get the biases)",
+        )
+    parser.add_argument(
+        "--fuse_qkv",
+        "--fuse-qkv",
+        action="store_true",
+        help="graphcore output: one [H,3H] attention/self/kernel/qkv_weight per layer "
+        "(use_qkv_split false) instead of query/key/value kernels (use_qkv_split true); "
+        "export keeps the source layout",
+    )
+    parser.add_argument(
+        "--drop_heads",
+        "--drop-heads",
+        default="",
+        help=f"comma-separated heads to leave out: {', '.join(interop.HEAD_PREFIXES)}",
+    )
+    parser.add_argument(
+        "--keep_optimizer_slots",
+        "--keep-optimizer-slots",
+        action="store_true",
+        help="TF1 outputs: also carry optimizer slots and counters (global_step, ...)",
+    )
+    parser.add_argument(
+        "--bert_config_file",
+        "--bert-config-file",
+        default=None,
+        help="model config of a TF1 source (default: bert_config.json beside the checkpoint)",
+    )
+    parser.add_argument(
+        "--vocab_file",
+        "--vocab-file",
+        default=None,
+        help="vocab to copy (default: vocab.txt beside the source, or the run's vocab_file)",
+    )
+    parser.add_argument(
+        "--num_embeddings_splits",
+        "--num-embeddings-splits",
+        type=int,
+        default=1,
+        help="reference option; only 1 (one word-embedding table) is supported",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite output files that already exist"
+    )
+    return parser
+
+
+# ----------------------------------------------------------------------------- editing
+
+
+def _layers(fields):
+    return [f"bert/encoder/layer_{i}" for i in range(fields["num_hidden_layers"])]
+
+
+def _switch_tensors(key, fields):
+    """{name: shape} of the tensors an optional switch adds."""
+    h = fields["hidden_size"]
+    if key == "use_qkv_bias":
+        return {f"{x}/attention/self/{p}/bias": [h] for x in _layers(fields) for p in interop.QKV}
+    if key == "use_attention_projection_bias":
+        return {f"{x}/attention/projection/dense/bias": [h] for x in _layers(fields)}
+    if key == "use_prediction_bias":
+        return {"cls/predictions/output_bias": [fields["vocab_size"]]}
+    return {
+        "cls/predictions/transform/dense/kernel": [h, h],
+        "cls/predictions/transform/dense/bias": [h],
+        "cls/predictions/transform/LayerNorm/gamma": [h],
+        "cls/predictions/transform/LayerNorm/beta": [h],
+    }
+
+
+def _resize_vocab(group, size):
+    """Truncate or zero-pad the vocab axis of the word embeddings and MLM output bias."""
+    out = dict(group)
+    for name in ("bert/embeddings/word_embeddings", "cls/predictions/output_bias"):
+        if name in out:
+            value = out[name]
+            if size <= value.shape[0]:
+                out[name] = np.ascontiguousarray(value[:size])
+            else:
+                pad = np.zeros((size - value.shape[0], *value.shape[1:]), value.dtype)
+                out[name] = np.concatenate([value, pad])
+    return out
+
+
+def edit(model, fields, args, target):
+    """Apply --drop-heads, --vocab_size and the switch flags to canonical tensors.
+
+    Returns:
+      (model, notes): the edited {name: array} and what was changed, one line each.
+    """
+    model, notes = dict(model), []
+    drop = [h.strip() for h in args.drop_heads.split(",") if h.strip()]
+    for head in drop:
+        if head not in interop.HEAD_PREFIXES:
+            raise UserError(
+                f"--drop-heads: unknown head {head!r}; use {list(interop.HEAD_PREFIXES)}"
+            )
+        gone = [n for n in model if n.startswith(interop.HEAD_PREFIXES[head])]
+        for n in gone:
+            del model[n]
+        notes.append(
+            f"dropped the {head} head ({len(gone)} tensors)" if gone else f"no {head} head"
+        )
+    vocab = model["bert/embeddings/word_embeddings"].shape[0]
+    if args.vocab_size is not None and args.vocab_size != vocab:
+        if args.vocab_size < 1:
+            raise UserError(f"--vocab_size must be positive, got {args.vocab_size}")
+        model = _resize_vocab(model, args.vocab_size)
+        how = "truncated" if args.vocab_size < vocab else "zero-padded"
+        notes.append(
+            f"word embeddings and MLM output bias {how} from {vocab} to {args.vocab_size} rows"
+        )
+    fields = {**fields, **interop.shape_fields(model)}
+    has_mlm = "mlm" in interop.heads_present(model)
+    full = target in ("google", "hf")  # Google's and HF's code always create these tensors
+    fmt_name = {"google": "Google's", "hf": "Hugging Face's"}.get(target)
+    for key, _ in SWITCH_FLAGS:
+        want = getattr(args, key)
+        if key in ("use_prediction_bias", "use_cls_layer") and not has_mlm:
+            continue
+        tensors = _switch_tensors(key, fields)
+        present = [n for n in tensors if n in model]
+        if want is None:
+            want = True if full else bool(present)
+        if full and not want:
+            raise UserError(f"{fmt_name} BERT always has the {key} tensors: do not set {key} false")
+        if want and len(present) < len(tensors):
+            if key == "use_cls_layer":
+                raise UserError(
+                    "the checkpoint has no MLM transform layer (use_cls_layer false) but "
+                    + (
+                        f"{fmt_name} BERT always applies one"
+                        if full
+                        else "--use_cls_layer asks for one"
+                    )
+                    + ": it cannot be made up; leave out the MLM head with --drop-heads mlm"
+                )
+            for n, shape in tensors.items():
+                model.setdefault(n, np.zeros(shape, np.float32))
+            notes.append(
+                f"{key}: wrote {len(tensors) - len(present)} zero tensors the source lacks "
+                "(a zero bias is the same model)"
+            )
+        elif not want and present:
+            biggest = max(float(np.max(np.abs(model[n]))) for n in present)
+            for n in present:
+                del model[n]
+            effect = (
+                "outputs unchanged"
+                if biggest == 0
+                else f"max |value| {biggest:.3g}: outputs change"
+            )
+            notes.append(f"{key} false: dropped {len(present)} tensors ({effect})")
+    return model, notes
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _check_writable(paths, force):
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing and not force:
+        raise UserError(
+            f"output exists: {', '.join(existing)}; choose another --output_dir or pass --force"
+        )
+
+
+def _find_vocab(args, source):
+    if args.vocab_file:
+        if not os.path.isfile(args.vocab_file):
+            raise UserError(f"vocab file not found: {args.vocab_file}")
+        return args.vocab_file
+    directory = source.path if source.format == "hf" else os.path.dirname(source.path)
+    candidate = os.path.join(directory, "vocab.txt")
+    if os.path.isfile(candidate):
+        return candidate
+    arguments = os.path.join(directory, "arguments.json")
+    if os.path.isfile(arguments):
+        path = read_json(arguments, "run arguments").get("vocab_file")
+        if path and os.path.isfile(path):
+            return path
+    return None
+
+
+def _copy_vocab(vocab_file, output_dir, size, notes):
+    """Copies the vocab; truncates its lines when the embeddings were truncated."""
+    if vocab_file is None:
+        notes.append("no vocab found (pass --vocab_file to copy one)")
+        return None
+    with open(vocab_file, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if size < len(lines):
+        notes.append(f"vocab.txt truncated from {len(lines)} to {size} lines")
+        lines = lines[:size]
+    elif size > len(lines):
+        notes.append(f"vocab.txt has {len(lines)} tokens for {size} embedding rows (rows unused)")
+    out = os.path.join(output_dir, "vocab.txt")
+    if os.path.abspath(vocab_file) != os.path.abspath(out):
+        with open(out + ".tmp", "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(out + ".tmp", out)
+    return out
+
+
+def _native_config(fields, fused):
+    import modeling
+
+    fields = {**fields, "use_qkv_split": not fused}
+    return modeling.BertConfig.from_dict(fields).to_dict()
+
+
+def _google_config(fields, notes):
+    out = {k: fields[k] for k in interop.GOOGLE_CONFIG_KEYS if k in fields}
+    # Google's code ignores this key; our loader reads it back, so a round trip keeps it.
+    out["layer_norm_eps"] = fields.get("layer_norm_eps", interop.GOOGLE_LAYER_NORM_EPS)
+    if out["layer_norm_eps"] != interop.GOOGLE_LAYER_NORM_EPS:
+        notes.append(
+            f"layer_norm_eps is {out['layer_norm_eps']}: Google's modeling.py hard-codes 1e-12, so "
+            "run it with this epsilon to get the same outputs"
+        )
+    if out.get("hidden_act") not in interop.GOOGLE_ACTS:
+        notes.append(f"hidden_act {out.get('hidden_act')!r} is not one Google's modeling.py knows")
+    return out
+
+
+def _hf_architecture(heads, notes):
+    heads = set(heads)
+    if not heads:
+        return "BertModel", ""
+    choices = (
+        ({"mlm", "nsp"}, "BertForPreTraining"),
+        ({"mlm"}, "BertForMaskedLM"),
+        ({"nsp"}, "BertForNextSentencePrediction"),
+        ({"squad"}, "BertForQuestionAnswering"),
+        ({"classifier"}, "BertForSequenceClassification"),
+    )
+    for wanted, name in choices:
+        if wanted <= heads:
+            others = heads - wanted
+            if others:
+                notes.append(f"{name} has no {', '.join(sorted(others))} head: transformers will "
+                             "report those tensors unexpected")  # fmt: skip
+            if name in ("BertForMaskedLM", "BertForQuestionAnswering"):
+                notes.append(
+                    f"transformers' {name} has no pooler: it reports bert.pooler unexpected"
+                )
+            return name, "bert."
+    raise AssertionError(heads)
+
+
+def _write_tf(prefix, tensors, force):
+    directory = os.path.dirname(prefix)
+    _check_writable([prefix + ".index", os.path.join(directory, "bert_config.json")], force)
+    interop.write_tf_checkpoint(prefix, tensors)
+
+
+def _verify(written, path):
+    """Reads the output back and compares it bitwise with what was meant to be written."""
+    back = interop.read_checkpoint(path).model
+    if set(back) != set(written):
+        raise UserError(f"verification failed: {path} holds other tensors than were written")
+    for name, value in written.items():
+        if back[name].dtype != value.dtype or back[name].tobytes() != value.tobytes():
+            raise UserError(f"verification failed: {name} in {path} differs from what was written")
+
+
+def convert(args):
+    """Runs one conversion command; returns the report dict (also written to the output dir)."""
+    command, target = args.command, TARGET_FORMAT[args.command]
+    if args.num_embeddings_splits != 1:
+        raise UserError("--num_embeddings_splits: only 1 is supported (one word-embedding table)")
+    source = interop.read_checkpoint(args.checkpoint, args.bert_config_file)
+    wanted = SOURCE_FORMAT.get(command, "native")
+    if source.format != wanted:
+        hint = {"google": "google2graphcore", "hf": "hf2graphcore"}.get(
+            source.format, "graphcore2*"
+        )
+        raise UserError(f"{source.path} is a {source.format} checkpoint, not {wanted}; use {hint}")
+    if source.config is None:
+        raise UserError(
+            f"no model config beside {source.path} (bert_config.json): pass --bert_config_file"
+        )
+    if "num_attention_heads" not in source.config:
+        raise UserError(f"the model config of {source.path} lacks num_attention_heads")
+    interop.check_complete(source.model, source.config, source.path)
+    notes = list(source.notes)
+    if command == "export":
+        args.drop_heads, args.vocab_size = "", None
+    model, edit_notes = edit(source.model, source.config, args, target)
+    notes += edit_notes
+    fields = {**source.config, **interop.shape_fields(model)}
+    out_dir = os.path.abspath(args.output_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    keep_state = args.keep_optimizer_slots and command != "export"
+    state, dropped = {}, sum(len(g) for g in source.slots.values()) + len(source.other)
+    if keep_state:
+        if target == "hf":
+            raise UserError(
+                "Hugging Face folders hold no optimizer state: drop --keep-optimizer-slots"
+            )
+        dropped = 0
+        for suffix, group in source.slots.items():
+            group = _resize_vocab(group, fields["vocab_size"])
+            group = {n: v for n, v in group.items() if n in model}
+            fused_group = interop.canonical_to_native(group, args.fuse_qkv)
+            if target == "google":
+                fused_group = interop.canonical_to_google(fused_group)
+            state.update({f"{n}/{suffix}": v for n, v in fused_group.items()})
+        state.update(source.other)
+    base = os.path.basename(source.path) if source.format != "hf" else "ckpt-0"
+    if target == "native":
+        fused = source.fused if command == "export" else args.fuse_qkv
+        tensors = interop.canonical_to_native(model, fused)
+        config = _native_config(fields, fused)
+        prefix = os.path.join(out_dir, base)
+        _write_tf(prefix, {**tensors, **state}, args.force)
+        atomic_write_json(os.path.join(out_dir, "bert_config.json"), config)
+        output = prefix
+    elif target == "google":
+        tensors = interop.canonical_to_google(model)
+        config = _google_config(fields, notes)
+        prefix = os.path.join(out_dir, base)
+        _write_tf(prefix, {**tensors, **state}, args.force)
+        atomic_write_json(os.path.join(out_dir, "bert_config.json"), config)
+        output = prefix
+    else:
+        heads = interop.heads_present(model)
+        architecture, hf_prefix = _hf_architecture(heads, notes)
+        labels = model["glue_loss/output_weights"].shape[0] if "classifier" in heads else None
+        config = interop.hf_config(fields, architecture, labels)
+        _check_writable([os.path.join(out_dir, interop.HF_WEIGHTS)], args.force)
+        interop.write_hf_folder(out_dir, interop.canonical_to_hf(model, hf_prefix), config)
+        output = out_dir
+    _verify(model, output)
+    vocab = _copy_vocab(_find_vocab(args, source), out_dir, fields["vocab_size"], notes)
+    report = {
+        "command": command,
+        "source": source.path,
+        "source_format": source.format,
+        "output": output,
+        "output_format": target,
+        "tensors": len(model),
+        "heads": interop.heads_present(model),
+        "optimizer_state": f"kept {len(state)}" if keep_state else f"dropped {dropped}",
+        "model_config": config,
+        "vocab_file": vocab,
+        "verified": "output read back: every tensor bitwise equal to the converted values",
+        "notes": notes,
+    }
+    if command == "export":
+        report["provenance"] = _export_extras(source, out_dir, vocab)
+    atomic_write_json(os.path.join(out_dir, REPORT_FILE), report)
+    return report
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _code_version():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        result = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _export_extras(source, out_dir, vocab):
+    """Copies arguments.json and writes provenance.json; returns the provenance dict."""
+    run_dir = os.path.dirname(source.path)
+    arguments = os.path.join(run_dir, "arguments.json")
+    do_lower_case = None
+    if os.path.isfile(arguments):
+        do_lower_case = read_json(arguments, "run arguments").get("do_lower_case")
+        if os.path.abspath(arguments) != os.path.join(out_dir, "arguments.json"):
+            shutil.copyfile(arguments, os.path.join(out_dir, "arguments.json"))
+    provenance = {
+        "source_checkpoint": source.path,
+        "step": _step(source),
+        "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "code_version": _code_version(),
+        "arguments": "arguments.json" if os.path.isfile(arguments) else None,
+        "vocab_sha256": _sha256(vocab) if vocab else None,
+        "do_lower_case": do_lower_case,
+        "contents": "model weights only: no optimizer slots, no step counter, no data position",
+    }
+    atomic_write_json(os.path.join(out_dir, "provenance.json"), provenance)
+    return provenance
+
+
+def _step(source):
+    if "global_step" in source.other:
+        return int(source.other["global_step"])
+    import checkpoints
+
+    return checkpoints.step_of(source.path)
+
+
+@cli_main
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    report = convert(args)
+    print(f"{args.command}: {report['source']} ({report['source_format']}) -> {report['output']}")
+    print(f"  {report['tensors']} model tensors, heads: {', '.join(report['heads']) or 'none'}; "
+          f"optimizer state {report['optimizer_state']}")  # fmt: skip
+    switches = ("use_qkv_split", "use_qkv_bias", "use_attention_projection_bias", "use_cls_layer",
+                "use_prediction_bias", "layer_norm_eps", "hidden_act", "vocab_size")  # fmt: skip
+    config = report["model_config"]
+    shown = ", ".join(f"{k} {json.dumps(config[k])}" for k in switches if k in config)
+    print(f"  model config (written beside it): {shown}")
+    for note in report["notes"]:
+        print(f"  note: {note}")
+    print(f"  {report['verified']}; report: {os.path.join(args.output_dir, REPORT_FILE)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
