@@ -16,8 +16,6 @@ import re
 import unicodedata
 
 import numpy as np
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
-from tokenizers.models import WordPiece
 
 from bert_data.errors import UserError
 
@@ -46,12 +44,11 @@ def load_vocab(vocab_file):
     """
     if not os.path.isfile(vocab_file):
         raise UserError(f"vocab file not found: {vocab_file}")
-    vocab = {}
     with open(vocab_file, encoding="utf-8") as f:
-        for index, line in enumerate(f):
-            token = line.rstrip("\n").strip()
-            if token:
-                vocab[token] = index
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    vocab = {token: index for index, token in enumerate(map(str.strip, lines)) if token}
     if not vocab:
         raise UserError(f"vocab file is empty: {vocab_file}")
     return vocab
@@ -168,26 +165,36 @@ class FullTokenizer:
         if check_specials:
             check_special_tokens(self.vocab, vocab_file)
         self.inv_vocab = {i: t for t, i in self.vocab.items()}
-        unk = "[UNK]" if "[UNK]" in self.vocab else next(iter(self.vocab))
-        self.unk_id = self.vocab[unk]
-        model = WordPiece(
-            self.vocab,
-            unk_token=unk,
-            continuing_subword_prefix="##",
-            max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD,
-        )
-        # Full pipeline for ordinary lines; the Python-normalised path feeds words to `_pretokenized`.
-        self._full = Tokenizer(model)
-        self._full.normalizer = normalizers.BertNormalizer(
-            clean_text=True,
-            handle_chinese_chars=True,
-            strip_accents=do_lower_case,
-            lowercase=do_lower_case,
-        )
-        self._full.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        self._pretokenized = Tokenizer(model)
-        self._pretokenized.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        self._unk = "[UNK]" if "[UNK]" in self.vocab else next(iter(self.vocab))
+        self.unk_id = self.vocab[self._unk]
+        self._rust = None  # built on first use (pure-ASCII text never needs it)
         self._reset_cache()  # basic-tokenised word -> WordPiece ids (see _encode_words)
+
+    def _rust_tokenizers(self):
+        """(full pipeline, pre-tokenised pipeline) of Hugging Face `tokenizers` over this vocab."""
+        if self._rust is None:
+            from tokenizers import Tokenizer, normalizers, pre_tokenizers
+            from tokenizers.models import WordPiece
+
+            model = WordPiece(
+                self.vocab,
+                unk_token=self._unk,
+                continuing_subword_prefix="##",
+                max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD,
+            )
+            full = Tokenizer(model)
+            full.normalizer = normalizers.BertNormalizer(
+                clean_text=True,
+                handle_chinese_chars=True,
+                strip_accents=self.do_lower_case,
+                lowercase=self.do_lower_case,
+            )
+            full.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            # For text normalised here in Python (see _needs_python_normalizer): split + WordPiece.
+            pretokenized = Tokenizer(model)
+            pretokenized.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            self._rust = (full, pretokenized)
+        return self._rust
 
     @property
     def vocab_size(self):
@@ -256,7 +263,10 @@ class FullTokenizer:
         """WordPiece ids of new words into the cache (non-ASCII ones through the Rust pipeline)."""
         non_ascii = [w for w in words if not w.isascii()]
         rust = dict(
-            zip(non_ascii, self._full.encode_batch_fast(non_ascii, add_special_tokens=False))
+            zip(
+                non_ascii,
+                self._rust_tokenizers()[0].encode_batch_fast(non_ascii, add_special_tokens=False),
+            )
         )
         pieces = [rust[w].ids if w in rust else self._word_pieces(w) for w in words]
         base = len(self._word_row)
@@ -299,7 +309,7 @@ class FullTokenizer:
             out[i] = chunk.tolist()
         if special:
             words = [_google_normalize(texts[i], self.do_lower_case) for i in special]
-            encs = self._pretokenized.encode_batch_fast(
+            encs = self._rust_tokenizers()[1].encode_batch_fast(
                 words, is_pretokenized=True, add_special_tokens=False
             )
             for i, enc in zip(special, encs):
