@@ -16,15 +16,13 @@ float64 is also accepted (then those run in float64 too), which is what gradient
 
 import dataclasses
 import functools
-import json
 import math
-import os
-import tempfile
 import zlib
 
 import tensorflow as tf
 
 from bert_data.errors import UserError
+from bert_data.fileio import atomic_write_json, read_json
 
 ATTENTION_MASK_VALUE = -1000.0  # reference value; representable in bf16 and fp16
 MLM_WEIGHT_EPSILON = 1e-5  # MLM loss denominator: sum(weights) + this
@@ -135,13 +133,7 @@ class BertConfig:
     @classmethod
     def from_json_file(cls, path):
         """Read a Google-style bert_config.json (extra keys ignored)."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except OSError as err:
-            raise UserError(f"cannot read model config {path}: {err.strerror}") from None
-        except json.JSONDecodeError as err:
-            raise UserError(f"model config {path} is not valid JSON: {err}") from None
+        d = read_json(path, "model config")
         if not isinstance(d, dict):
             raise UserError(f"model config {path} must hold a JSON object")
         return cls.from_dict(d)
@@ -151,17 +143,7 @@ class BertConfig:
 
     def to_json_file(self, path):
         """Write as JSON, atomically (temporary file in the same directory, then rename)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bert_config.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write_json(path, self.to_dict())
 
 
 # ----------------------------------------------------------------------------- variables
@@ -248,17 +230,38 @@ class BertModel(tf.Module):
     def __call__(self, features, training=False, dropout_seed=None, compute_dtype=tf.float32):
         """Encoder plus this model's heads: see `bert_encoder` and `pretraining_heads`.
 
+        The heads read only the masked slots and [CLS], so the last encoder layer is evaluated
+        for those rows only (keys and values still span the sequence) and gives the same values.
+        The full "sequence_output" is a separate branch: a traced function that does not use it
+        never computes it.
+
         Returns:
           dict with "sequence_output" [B,S,H] and "pooled_output" [B,H] (compute dtype), plus
           "mlm_logits" [B,P,V] and/or "nsp_logits" [B,2] (float32).
         """
-        sequence_output, pooled_output = bert_encoder(
-            self.params, self.config, features, training, dropout_seed, compute_dtype
-        )
-        outputs = pretraining_heads(
-            self.params, self.config, sequence_output, pooled_output, features, self.heads
-        )
-        return {"sequence_output": sequence_output, "pooled_output": pooled_output, **outputs}
+        c = self.config
+        _, last_layer = _encode(self.params, c, features, training, dropout_seed, compute_dtype)
+        sequence_output = last_layer()
+        if not self.heads:
+            pooled = _pooler(self.params, sequence_output[:, _cls_slot(c)])
+            return {"sequence_output": sequence_output, "pooled_output": pooled}
+        num_masked = c.max_predictions_per_seq
+        if c.static_mask:
+            rows = num_masked + 1  # the masked slots, then [CLS]
+        elif "mlm" in self.heads:
+            positions = tf.cast(features["masked_lm_positions"], tf.int32)  # [B,P]
+            num_masked = _dim(positions, 1)
+            rows = tf.pad(positions, [[0, 0], [0, 1]])  # [B,P+1]: [CLS] is slot 0
+        else:
+            rows, num_masked = 1, 0
+        head_input = last_layer(rows)  # [B,R,H]
+        pooled = _pooler(self.params, head_input[:, num_masked])
+        outputs = {"sequence_output": sequence_output, "pooled_output": pooled}
+        if "mlm" in self.heads:
+            outputs["mlm_logits"] = _mlm_logits(self.params, c, head_input[:, :num_masked])
+        if "nsp" in self.heads:
+            outputs["nsp_logits"] = _nsp_logits(self.params, pooled)
+        return outputs
 
 
 def _create_params(config, heads, seed):
@@ -348,18 +351,168 @@ def _dense(params, scope, x, bias=True):
     return y
 
 
+# ----------------------------------------------------------------------------- fused kernels
+#
+# Around each matmul sit chains of cheap elementwise ops (bias, GELU, dropout, residual add,
+# LayerNorm, softmax). Run op by op they cost about as much as the matmuls on CPU, so each chain
+# is a pure function run as one XLA kernel forward and one backward (which recomputes what it
+# needs from the inputs, dropout masks included). Inside an XLA-compiled step these simply
+# inline; without XLA the matmuls stay with TensorFlow's (oneDNN) kernels, which are much
+# faster than XLA's in bfloat16.
+
+
+def _xla_kernel(fn):
+    """Wrap a pure function fn(*floats, *others, **static) -> tensor.
+
+    Returns call(floats, others=(), **static) with fn's value, differentiable in `floats` (float
+    tensors), not in `others` (tensors or None) nor in `static` (Python values).
+    """
+    forward = tf.function(fn, jit_compile=True, autograph=False)
+
+    def backward_fn(floats, others, dy, **static):
+        with tf.GradientTape() as tape:
+            tape.watch(floats)
+            y = fn(*floats, *others, **static)
+        return tape.gradient(y, floats, output_gradients=dy)
+
+    backward = tf.function(backward_fn, jit_compile=True, autograph=False)
+
+    def call(floats, others=(), **static):
+        @tf.custom_gradient
+        def apply(*floats):
+            def grad(dy):
+                return backward(list(floats), list(others), dy, **static)
+
+            return forward(*floats, *others, **static), grad
+
+        return apply(*floats)
+
+    return call
+
+
+def _layer_norm_math(x, gamma, beta, epsilon):
+    """LayerNorm of x over the last axis, in x's dtype."""
+    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
+
+
+# Dropout draws 16-bit uniforms from a keyed integer hash of each element's index: a handful of
+# elementwise integer ops that fuse into the kernels above and can be recomputed in the backward
+# pass, where XLA's CPU lowering of TF's Philox kernels costs more than a layer's matmuls.
+_MIX_MULTIPLIERS = (0x85EBCA6B, 0xC2B2AE35)  # murmur3's 32-bit finalizer
+
+
+def _mix32(h):
+    """murmur3's fmix32 on uint32: a bijection in which every input bit flips each output bit
+    with probability about 1/2."""
+    for multiplier, shift in zip(_MIX_MULTIPLIERS, (16, 13)):
+        h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(shift, tf.uint32)))
+        h = h * tf.constant(multiplier, tf.uint32)
+    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(16, tf.uint32)))
+
+
+def _dropout_keys(dropout_seed, salt):
+    """uint32 [2] hash keys of one use of dropout, from the step's seed and the use's salt."""
+    seed = tf.random.experimental.stateless_fold_in(dropout_seed, salt)
+    return tf.random.stateless_uniform([2], seed, minval=None, maxval=None, dtype=tf.uint32)
+
+
+def _keep_mask(index, keys, rate, dtype):
+    """Dropout multipliers at flat element indices `index` (int32): see `dropout_keep_mask`."""
+    index = tf.bitcast(index, tf.uint32)
+    one = tf.constant(1, tf.uint32)
+    word = tf.bitwise.bitwise_xor(tf.bitwise.right_shift(index, one), keys[0])
+    word = _mix32(_mix32(word) + keys[1])
+    half = tf.bitwise.left_shift(tf.bitwise.bitwise_and(index, one), tf.constant(4, tf.uint32))
+    bits = tf.bitwise.bitwise_and(
+        tf.bitwise.right_shift(word, half), tf.constant(0xFFFF, tf.uint32)
+    )
+    threshold = min(max(round(rate * 2**16), 1), 2**16 - 1)
+    scale = 2**16 / (2**16 - threshold)
+    keep = bits >= tf.constant(threshold, tf.uint32)
+    return tf.where(keep, tf.constant(scale, dtype), tf.constant(0.0, dtype))
+
+
+def _iota(shape):
+    """int32 tensor of `shape` holding 0, 1, ... in row-major order."""
+    return tf.reshape(tf.range(math.prod(shape), dtype=tf.int32), shape)
+
+
+def dropout_keep_mask(shape, rate, seed, index=None):
+    """Dropout multipliers: 0 with probability `rate`, else 1 / (1 - rate), as float32.
+
+    Element i of a tensor gets half i % 2 (the low 16 bits first) of word i // 2 of a
+    counter-mode stream, word k = mix32(mix32(k ^ key0) + key1) with (key0, key1) drawn from
+    `seed`. The rate is rounded to a multiple of 2^-16 (0.1 -> 0.1000061) and the scale uses the
+    rounded rate, so E[mask] = 1 exactly.
+
+    Args:
+      shape: static shape (list of ints) of the mask.
+      rate: Python float in (0, 1).
+      seed: int32/int64 [2] tensor; the mask is a pure function of (seed, rate, element index).
+      index: optional int32 tensor of `shape`: the flat index each element has in a larger tensor
+        whose mask is wanted at those elements only (default: 0, 1, ..., the tensor itself).
+    Returns:
+      float32 tensor of `shape`.
+    """
+    keys = tf.random.stateless_uniform([2], seed, minval=None, maxval=None, dtype=tf.uint32)
+    return _keep_mask(_iota(shape) if index is None else index, keys, rate, tf.float32)
+
+
+def _kernel_norm(x, gamma, beta, keys=None, *, epsilon, rate, dtype):
+    """dropout(LayerNorm(x)) with x, gamma, beta in the float dtype; result cast to `dtype`."""
+    y = _layer_norm_math(x, gamma, beta, epsilon)
+    if keys is not None:
+        y *= _keep_mask(_iota(y.shape.as_list()), keys, rate, y.dtype)
+    return tf.cast(y, dtype)
+
+
+def _kernel_add_norm(x, a, gamma, beta, keys=None, index=None, *, epsilon, rate):
+    """LayerNorm(x + dropout(a)) in gamma's dtype, cast to x's dtype (the post-LN residual)."""
+    acc = gamma.dtype
+    a = tf.cast(a, acc)
+    if keys is not None:
+        a *= _keep_mask(_iota(a.shape.as_list()) if index is None else index, keys, rate, acc)
+    return tf.cast(_layer_norm_math(tf.cast(x, acc) + a, gamma, beta, epsilon), x.dtype)
+
+
+def _kernel_activation(x, *, name):
+    """ACTIVATIONS[name](x) computed in float32 (float64 for float64 x), cast back to x's dtype."""
+    return tf.cast(ACTIVATIONS[name](tf.cast(x, _float_dtype(x.dtype))), x.dtype)
+
+
+def _kernel_attention_probs(scores, mask=None, keys=None, index=None, *, scale, rate, acc):
+    """dropout(softmax(scores * scale + mask)) computed in `acc`, cast to the scores' dtype."""
+    s = tf.cast(scores, acc) * scale
+    if mask is not None:
+        s += tf.cast(mask, acc)
+    probs = tf.nn.softmax(s, axis=-1)
+    if keys is not None:
+        probs *= _keep_mask(
+            _iota(probs.shape.as_list()) if index is None else index, keys, rate, acc
+        )
+    return tf.cast(probs, scores.dtype)
+
+
+_fused_norm = _xla_kernel(_kernel_norm)
+_fused_add_norm = _xla_kernel(_kernel_add_norm)
+_fused_activation = _xla_kernel(_kernel_activation)
+_fused_attention_probs = _xla_kernel(_kernel_attention_probs)
+
+
+def _norm_params(params, scope, dtype):
+    return _weight(params, f"{scope}/gamma", dtype), _weight(params, f"{scope}/beta", dtype)
+
+
 def layer_norm(params, scope, x, epsilon):
     """LayerNorm over the last axis with `{scope}/gamma`, `{scope}/beta`, computed in float32.
 
     Args:
       x: [..., H] in the compute dtype. Returns the same shape and dtype.
     """
-    dtype = x.dtype
-    x = tf.cast(x, _float_dtype(dtype))
-    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
-    y = (x - mean) * tf.math.rsqrt(variance + epsilon)
-    y = y * _weight(params, f"{scope}/gamma", y.dtype) + _weight(params, f"{scope}/beta", y.dtype)
-    return tf.cast(y, dtype)
+    acc = _float_dtype(x.dtype)
+    gamma, beta = _norm_params(params, scope, acc)
+    return _fused_norm([tf.cast(x, acc), gamma, beta], epsilon=epsilon, rate=0.0, dtype=x.dtype)
 
 
 # Dropout salts: each use of dropout folds its own number into the step's seed, so masks are a
@@ -372,20 +525,56 @@ def _layer_salt(layer_index, use):
     return 1000 * (layer_index + 1) + use
 
 
-def dropout(x, rate, training, dropout_seed, salt):
+def _keys_if(rate, training, dropout_seed, salt):
+    """Hash keys of this use of dropout, or None when it is off."""
+    if not training or rate == 0.0:
+        return None
+    return _dropout_keys(dropout_seed, salt)
+
+
+def dropout(x, rate, training, dropout_seed, salt, index=None):
     """Stateless dropout; identity when not training or rate is 0.
 
+    The model's own dropouts are fused into its kernels and draw the same masks as this.
+
     Args:
-      x: tensor of any shape.
+      x: tensor with a static shape.
       rate: Python float, probability of dropping.
       training: Python bool.
       dropout_seed: int32/int64 [2] tensor (per step).
       salt: Python int identifying this use of dropout.
+      index: optional int32 tensor shaped like x, see `dropout_keep_mask`: x holds some elements
+        of a larger tensor and gets the masks that tensor would get there.
+    Returns:
+      x * mask (see `dropout_keep_mask`), same shape and dtype as x.
     """
-    if not training or rate == 0.0:
+    keys = _keys_if(rate, training, dropout_seed, salt)
+    if keys is None:
         return x
-    seed = tf.random.experimental.stateless_fold_in(dropout_seed, salt)
-    return tf.nn.experimental.stateless_dropout(x, rate, seed=seed)
+    if index is None:
+        index = _iota(x.shape.as_list())
+    return x * _keep_mask(index, keys, rate, x.dtype)
+
+
+def _lookup(table, ids):
+    """tf.gather(table, ids) whose gradient is a dense [V, H] tensor, not IndexedSlices.
+
+    The word table also feeds the tied MLM projection; a dense gather gradient is added to that
+    one directly instead of being concatenated with it as slices and scattered afterwards.
+
+    Args:
+      table: float tensor [V, H]; ids: int32 [...]. Returns [..., H].
+    """
+
+    @tf.custom_gradient
+    def gather(table):
+        def grad(dy):
+            rows = tf.reshape(dy, [-1, table.shape[-1]])  # [N, H]
+            return tf.math.unsorted_segment_sum(rows, tf.reshape(ids, [-1]), table.shape[0])
+
+        return tf.gather(table, ids), grad
+
+    return gather(table)
 
 
 def embeddings(
@@ -408,20 +597,25 @@ def embeddings(
       [B,S,H] in compute_dtype.
     """
     acc = _float_dtype(compute_dtype)
-    x = tf.cast(tf.gather(params["bert/embeddings/word_embeddings"], input_ids), acc)
+    x = tf.cast(_lookup(params["bert/embeddings/word_embeddings"].read_value(), input_ids), acc)
     table = params["bert/embeddings/position_embeddings"]
     if positions is None:
         x += tf.cast(table[: _dim(input_ids, 1)], acc)  # [S,H] broadcast over the batch
     else:
         positions = tf.minimum(positions, config.max_position_embeddings - 1)
-        x += tf.cast(tf.gather(table, positions), acc)
+        x += tf.cast(_lookup(table.read_value(), positions), acc)
     # One-hot times table (as Google does) gives a dense gradient for this tiny table.
     one_hot = tf.one_hot(segment_ids, config.type_vocab_size, dtype=acc)  # [B,S,T]
     token_type = _weight(params, "bert/embeddings/token_type_embeddings", acc)
     x += tf.einsum("bst,th->bsh", one_hot, token_type)
-    x = layer_norm(params, "bert/embeddings/LayerNorm", x, config.layer_norm_eps)
-    x = tf.cast(x, compute_dtype)
-    return dropout(x, config.hidden_dropout_prob, training, dropout_seed, _SALT_EMBEDDINGS)
+    rate = config.hidden_dropout_prob
+    return _fused_norm(
+        [x, *_norm_params(params, "bert/embeddings/LayerNorm", acc)],
+        [_keys_if(rate, training, dropout_seed, _SALT_EMBEDDINGS)],
+        epsilon=config.layer_norm_eps,
+        rate=rate,
+        dtype=tf.as_dtype(compute_dtype),
+    )
 
 
 def attention_mask(config, features, dtype=tf.float32):
@@ -448,77 +642,183 @@ def attention_mask(config, features, dtype=tf.float32):
     return (hidden * ATTENTION_MASK_VALUE)[:, tf.newaxis, tf.newaxis, :]  # [B,1,1,S]
 
 
-def _qkv(params, config, layer, x2d):
-    """One fused [B*S,H] x [H,3H] projection (split kernels are concatenated at use)."""
-    dtype = x2d.dtype
+_QKV = ("query", "key", "value")
+
+
+def _qkv_projection(params, config, layer, x2d, parts):
+    """x2d [N,H] times the kernel columns of `parts` (a contiguous run of _QKV): [N, len(parts)*H].
+
+    Split kernels are concatenated at use; the fused [H,3H] kernel is sliced ([0:H] query,
+    [H:2H] key, [2H:3H] value).
+    """
+    dtype, h = x2d.dtype, config.hidden_size
     scope = f"{layer}/attention/self"
-    parts = ("query", "key", "value")
     if config.use_qkv_split:
-        kernel = tf.concat([_weight(params, f"{scope}/{p}/kernel", dtype) for p in parts], 1)
+        kernels = [_weight(params, f"{scope}/{p}/kernel", dtype) for p in parts]
+        kernel = kernels[0] if len(kernels) == 1 else tf.concat(kernels, 1)
     else:
         kernel = _weight(params, f"{scope}/kernel/qkv_weight", dtype)
-    qkv = tf.matmul(x2d, kernel)  # [B*S,3H]
+        if len(parts) < len(_QKV):
+            first = _QKV.index(parts[0]) * h
+            kernel = kernel[:, first : first + len(parts) * h]
+    y = tf.matmul(x2d, kernel)  # [N, len(parts)*H]
     if config.use_qkv_bias:
-        bias = tf.concat([_weight(params, f"{scope}/{p}/bias", dtype) for p in parts], 0)
-        qkv = tf.nn.bias_add(qkv, bias)
-    return qkv
+        biases = [_weight(params, f"{scope}/{p}/bias", dtype) for p in parts]
+        y = tf.nn.bias_add(y, biases[0] if len(biases) == 1 else tf.concat(biases, 0))
+    return y
 
 
-def encoder_layer(params, config, layer_index, x, mask, training=False, dropout_seed=None):
+def _split_heads(y, seq_length, parts, heads):
+    """[B*S, parts*H] -> `parts` tensors [B,N,S,d]."""
+    head_size = y.shape[-1] // (parts * heads)
+    y = tf.reshape(y, [-1, seq_length, parts, heads, head_size])  # [B,S,parts,N,d]
+    return tf.unstack(tf.transpose(y, [2, 0, 3, 1, 4]))  # parts x [B,N,S,d]
+
+
+def encoder_layer(
+    params, config, layer_index, x, mask, training=False, dropout_seed=None, rows=None
+):
     """One post-LN transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)).
 
     Args:
       x: [B,S,H] in the compute dtype (which the layer computes in).
       mask: additive float [B,1,1,S] from `attention_mask`, or None.
+      rows: None for every slot, or the slots whose outputs are wanted: an int R (the first R
+        slots) or int32 [B,R]. Keys and values still come from all S slots, and dropout masks
+        are the ones the full layer would draw at those rows, so the result equals those rows
+        of the full layer's output.
     Returns:
-      [B,S,H], same dtype as x.
+      [B,S,H] (or [B,R,H] with rows), same dtype as x.
     """
     layer = f"bert/encoder/layer_{layer_index}"
-    dtype, acc = x.dtype, _float_dtype(x.dtype)
-    seq_length, hidden = _dim(x, 1), config.hidden_size
+    acc = _float_dtype(x.dtype)
+    batch, seq_length, hidden = _dim(x, 0), _dim(x, 1), config.hidden_size
     heads = config.num_attention_heads
     head_size = hidden // heads
-    act = ACTIVATIONS[config.hidden_act]
+    salt = functools.partial(_layer_salt, layer_index)
 
     x2d = tf.reshape(x, [-1, hidden])  # [B*S,H]
-    qkv = _qkv(params, config, layer, x2d)  # [B*S,3H]
-    qkv = tf.reshape(qkv, [-1, seq_length, 3, heads, head_size])  # [B,S,3,N,d]
-    qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3,B,N,S,d]
-    query, key, value = tf.unstack(qkv)  # each [B,N,S,d]
-    scores = tf.matmul(query, key, transpose_b=True)  # [B,N,S,S]
-    scores = tf.cast(scores, acc) * (1.0 / math.sqrt(head_size))
-    if mask is not None:
-        scores += tf.cast(mask, acc)
-    probs = tf.cast(tf.nn.softmax(scores, axis=-1), dtype)
-    probs = dropout(
-        probs,
-        config.attention_probs_dropout_prob,
-        training,
-        dropout_seed,
-        _layer_salt(layer_index, 0),
+    hidden_index = probs_index = None
+    if rows is None:
+        query, key, value = _split_heads(
+            _qkv_projection(params, config, layer, x2d, _QKV), seq_length, 3, heads
+        )
+        xq2d, num_rows = x2d, seq_length
+    else:
+        if isinstance(rows, int):
+            xq = x[:, :rows]  # [B,R,H]
+            num_rows, rows = rows, tf.range(rows)[tf.newaxis, :]  # [1,R]
+        else:
+            xq = tf.gather(x, rows, batch_dims=1)  # [B,R,H]
+            num_rows = _dim(rows, 1)
+        xq2d = tf.reshape(xq, [-1, hidden])  # [B*R,H]
+        (query,) = _split_heads(
+            _qkv_projection(params, config, layer, xq2d, _QKV[:1]), num_rows, 1, heads
+        )  # [B,N,R,d]
+        key, value = _split_heads(
+            _qkv_projection(params, config, layer, x2d, _QKV[1:]), seq_length, 2, heads
+        )  # [B,N,S,d] each
+        if training:
+            # Flat element indices in the full layer's [B*S,H] and [B,N,S,S] tensors.
+            b = tf.range(batch)[:, tf.newaxis]  # [B,1]
+            slot = b * seq_length + rows  # [B,R]
+            hidden_index = tf.reshape(
+                slot[:, :, tf.newaxis] * hidden + tf.range(hidden), [-1, hidden]
+            )  # [B*R,H]
+            n = tf.range(heads)[tf.newaxis, :, tf.newaxis, tf.newaxis]  # [1,N,1,1]
+            query_slot = (b * heads)[:, :, tf.newaxis, tf.newaxis] + n  # [B,N,1,1]
+            probs_index = (
+                query_slot * seq_length + rows[:, tf.newaxis, :, tf.newaxis]
+            ) * seq_length + tf.range(seq_length)  # [B,N,R,S]
+    scores = tf.matmul(query, key, transpose_b=True)  # [B,N,R,S]
+    rate = config.attention_probs_dropout_prob
+    probs = _fused_attention_probs(
+        [scores],
+        [mask, _keys_if(rate, training, dropout_seed, salt(0)), probs_index],
+        scale=1.0 / math.sqrt(head_size),
+        rate=rate,
+        acc=acc,
     )
-    context = tf.matmul(probs, value)  # [B,N,S,d]
-    context = tf.transpose(context, [0, 2, 1, 3])  # [B,S,N,d]
-    context = tf.reshape(context, [-1, hidden])  # [B*S,H]
+    context = tf.matmul(probs, value)  # [B,N,R,d]
+    context = tf.transpose(context, [0, 2, 1, 3])  # [B,R,N,d]
+    context = tf.reshape(context, [-1, hidden])  # [B*R,H]
     attn = _dense(
         params,
         f"{layer}/attention/projection/dense",
         context,
         bias=config.use_attention_projection_bias,
     )
-    attn = dropout(
-        attn, config.hidden_dropout_prob, training, dropout_seed, _layer_salt(layer_index, 1)
+    rate, eps = config.hidden_dropout_prob, config.layer_norm_eps
+    y = _fused_add_norm(
+        [xq2d, attn, *_norm_params(params, f"{layer}/attention/projection/LayerNorm", acc)],
+        [_keys_if(rate, training, dropout_seed, salt(1)), hidden_index],
+        epsilon=eps,
+        rate=rate,
     )
-    x2d = layer_norm(
-        params, f"{layer}/attention/projection/LayerNorm", x2d + attn, config.layer_norm_eps
+    ffn = _dense(params, f"{layer}/intermediate/dense", y)  # [B*R,I]
+    ffn = _fused_activation([ffn], name=config.hidden_act)
+    ffn = _dense(params, f"{layer}/output/dense", ffn)  # [B*R,H]
+    y = _fused_add_norm(
+        [y, ffn, *_norm_params(params, f"{layer}/output/LayerNorm", acc)],
+        [_keys_if(rate, training, dropout_seed, salt(2)), hidden_index],
+        epsilon=eps,
+        rate=rate,
     )
-    ffn = act(_dense(params, f"{layer}/intermediate/dense", x2d))  # [B*S,I]
-    ffn = _dense(params, f"{layer}/output/dense", ffn)  # [B*S,H]
-    ffn = dropout(
-        ffn, config.hidden_dropout_prob, training, dropout_seed, _layer_salt(layer_index, 2)
+    return tf.reshape(y, [-1, num_rows, hidden])  # [B,R,H]
+
+
+def _encode(params, config, features, training, dropout_seed, compute_dtype):
+    """Embeddings and every encoder layer but the last.
+
+    Returns:
+      (x [B,S,H] input of the last layer, last_layer(rows=None) -> its output).
+    """
+    compute_dtype = _check_compute_dtype(compute_dtype)
+    dropout_used = config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0
+    if training and dropout_used:
+        if dropout_seed is None:
+            raise ValueError("bert_encoder: training with dropout needs a dropout_seed")
+        dropout_seed = tf.convert_to_tensor(dropout_seed)
+    positions = features["input_position"] if config.static_mask else None
+    x = embeddings(
+        params,
+        config,
+        features["input_ids"],
+        features["segment_ids"],
+        positions,
+        training,
+        dropout_seed,
+        compute_dtype,
     )
-    x2d = layer_norm(params, f"{layer}/output/LayerNorm", x2d + ffn, config.layer_norm_eps)
-    return tf.reshape(x2d, [-1, seq_length, hidden])  # [B,S,H]
+    mask = attention_mask(config, features, _float_dtype(compute_dtype))
+
+    def layer(i, x, rows=None):
+        # Everything but x is closed over, so tf.recompute_grad sees a one-tensor function.
+        layer_fn = functools.partial(
+            encoder_layer,
+            params,
+            config,
+            i,
+            mask=mask,
+            training=training,
+            dropout_seed=dropout_seed,
+            rows=rows,
+        )
+        return tf.recompute_grad(layer_fn)(x) if config.recompute else layer_fn(x)
+
+    for i in range(config.num_hidden_layers - 1):
+        x = layer(i, x)
+    return x, functools.partial(layer, config.num_hidden_layers - 1, x)
+
+
+def _cls_slot(config):
+    """Slot of [CLS]: max_predictions_per_seq in the static-mask layout, else 0."""
+    return config.max_predictions_per_seq if config.static_mask else 0
+
+
+def _pooler(params, cls):
+    """cls [B,H] -> tanh(dense) [B,H]."""
+    return tf.tanh(_dense(params, "bert/pooler/dense", cls))
 
 
 def bert_encoder(
@@ -540,39 +840,33 @@ def bert_encoder(
       (sequence_output [B,S,H], pooled_output [B,H]), both in compute_dtype. The pooler reads slot 0,
       or slot max_predictions_per_seq (where [CLS] sits) in the static-mask layout.
     """
-    compute_dtype = _check_compute_dtype(compute_dtype)
-    dropout_used = config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0
-    if training and dropout_used:
-        if dropout_seed is None:
-            raise ValueError("bert_encoder: training with dropout needs a dropout_seed")
-        dropout_seed = tf.convert_to_tensor(dropout_seed)
-    positions = features["input_position"] if config.static_mask else None
-    x = embeddings(
-        params,
-        config,
-        features["input_ids"],
-        features["segment_ids"],
-        positions,
-        training,
-        dropout_seed,
-        compute_dtype,
-    )
-    mask = attention_mask(config, features, _float_dtype(compute_dtype))
-    for i in range(config.num_hidden_layers):
-        # Everything but x is closed over, so tf.recompute_grad sees a one-tensor function.
-        layer_fn = functools.partial(
-            encoder_layer,
-            params,
-            config,
-            i,
-            mask=mask,
-            training=training,
-            dropout_seed=dropout_seed,
-        )
-        x = tf.recompute_grad(layer_fn)(x) if config.recompute else layer_fn(x)
-    cls_slot = config.max_predictions_per_seq if config.static_mask else 0
-    pooled = tf.tanh(_dense(params, "bert/pooler/dense", x[:, cls_slot]))  # [B,H]
-    return x, pooled
+    _, last_layer = _encode(params, config, features, training, dropout_seed, compute_dtype)
+    x = last_layer()
+    return x, _pooler(params, x[:, _cls_slot(config)])
+
+
+def _mlm_logits(params, config, masked):
+    """masked [B,P,H] (compute dtype) -> float32 [B,P,V] (float64 in float64 runs)."""
+    dtype = masked.dtype
+    num_masked = _dim(masked, 1)
+    x = tf.reshape(masked, [-1, config.hidden_size])  # [B*P,H]
+    if config.use_cls_layer:
+        x = ACTIVATIONS[config.hidden_act](_dense(params, "cls/predictions/transform/dense", x))
+        x = layer_norm(params, "cls/predictions/transform/LayerNorm", x, config.layer_norm_eps)
+    table = _weight(params, "bert/embeddings/word_embeddings", dtype)  # [V,H], tied
+    logits = tf.matmul(x, table, transpose_b=True)  # [B*P,V]
+    if config.use_prediction_bias:
+        logits = tf.nn.bias_add(logits, _weight(params, "cls/predictions/output_bias", dtype))
+    logits = tf.cast(logits, _float_dtype(dtype))
+    return tf.reshape(logits, [-1, num_masked, config.vocab_size])  # [B,P,V]
+
+
+def _nsp_logits(params, pooled):
+    """pooled [B,H] (compute dtype) -> float32 [B,2] (float64 in float64 runs)."""
+    weights = _weight(params, "cls/seq_relationship/output_weights", pooled.dtype)  # [2,H]
+    logits = tf.matmul(pooled, weights, transpose_b=True)  # [B,2]
+    logits += _weight(params, "cls/seq_relationship/output_bias", pooled.dtype)
+    return tf.cast(logits, _float_dtype(pooled.dtype))
 
 
 def pretraining_heads(
@@ -588,8 +882,6 @@ def pretraining_heads(
     Returns:
       {"mlm_logits": float32 [B,P,V], "nsp_logits": float32 [B,2]} (only the requested ones).
     """
-    dtype = sequence_output.dtype
-    acc = _float_dtype(dtype)
     outputs = {}
     if "mlm" in heads:
         if config.static_mask:
@@ -597,22 +889,9 @@ def pretraining_heads(
         else:
             positions = features["masked_lm_positions"]
             masked = tf.gather(sequence_output, positions, batch_dims=1)  # [B,P,H]
-        num_masked = _dim(masked, 1)
-        x = tf.reshape(masked, [-1, config.hidden_size])  # [B*P,H]
-        if config.use_cls_layer:
-            x = ACTIVATIONS[config.hidden_act](_dense(params, "cls/predictions/transform/dense", x))
-            x = layer_norm(params, "cls/predictions/transform/LayerNorm", x, config.layer_norm_eps)
-        table = _weight(params, "bert/embeddings/word_embeddings", dtype)  # [V,H], tied
-        logits = tf.matmul(x, table, transpose_b=True)  # [B*P,V]
-        if config.use_prediction_bias:
-            logits = tf.nn.bias_add(logits, _weight(params, "cls/predictions/output_bias", dtype))
-        logits = tf.cast(logits, acc)
-        outputs["mlm_logits"] = tf.reshape(logits, [-1, num_masked, config.vocab_size])  # [B,P,V]
+        outputs["mlm_logits"] = _mlm_logits(params, config, masked)
     if "nsp" in heads:
-        weights = _weight(params, "cls/seq_relationship/output_weights", dtype)  # [2,H]
-        logits = tf.matmul(pooled_output, weights, transpose_b=True)  # [B,2]
-        logits += _weight(params, "cls/seq_relationship/output_bias", dtype)
-        outputs["nsp_logits"] = tf.cast(logits, acc)
+        outputs["nsp_logits"] = _nsp_logits(params, pooled_output)
     return outputs
 
 

@@ -1,0 +1,353 @@
+"""BERT-base pretraining step: ours (MLM + NSP, LAMB) vs keras-hub's BertMaskedLM, side by side.
+
+Sizes: BERT-base, seq 128, micro-batch 8, 20 masked positions, one device, fp32 and bf16.
+Ours is built exactly as run_pretraining.py builds it (configs/pretrain_base_128_phase1.json with
+--micro-batch-size 8 --global-batch-size 8 --precision 32|bf16 --generated-data
+--max-predictions-per-seq 20 --seq-length 128) and the compiled `Trainer.step_function()` is called
+on elements of the generated dataset. keras-hub (0.32, TensorFlow backend, not a project
+requirement: `pip install keras-hub==0.32.0`) trains `BertMaskedLM` with AdamW and jit_compile on
+fixed random inputs of the same shape; it has no NSP head (about 0.01% of the FLOPs).
+
+Each measurement runs in its own subprocess (no shared memory or threads), one after the other:
+compile and warm up, then time `--steps` steps and keep the median. MFU = model FLOPs
+(`modeling.pretraining_flops_per_sequence`) / the matmul peak measured in the same process
+(`training.measured_peak_flops`). Peak RSS is the subprocess's own maximum resident set.
+
+    python3 benchmarks/pretraining.py [--steps 15] [--precisions 32,bf16] [--xla both|on|off|default]
+        [--standard] [--no-keras] [--json out.json]
+
+Other processes on the machine distort the figures: the load average seen around each run is
+printed; compare ratios from one run, not absolute numbers across runs.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "pretrain_base_128_phase1.json")
+MICRO_BATCH, SEQ, MASKS = 8, 128, 20
+KERAS_HUB_VERSION = "0.32.0"
+RESULT_TAG = "RESULT "
+
+
+def _our_argv(precision, xla, layout):
+    """run_pretraining.py flags of one measurement (xla None = the shipped default)."""
+    argv = [
+        "--config", CONFIG, "--micro-batch-size", str(MICRO_BATCH),
+        "--global-batch-size", str(MICRO_BATCH), "--precision", precision, "--generated-data",
+        "--max-predictions-per-seq", str(MASKS), "--seq-length", str(SEQ),
+    ]  # fmt: skip
+    if xla is not None:
+        argv += ["--xla", "true" if xla else "false"]
+    if layout == "standard":
+        argv += ["--static-mask", "false"]
+    return argv
+
+
+def _time_steps(run_step, warmup, steps):
+    """(compile+first step seconds, sorted per-step seconds of the timed steps)."""
+    start = time.perf_counter()
+    run_step()
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        run_step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run_step()
+        times.append(time.perf_counter() - start)
+    return first, sorted(times)
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def worker_ours(args):
+    sys.path.insert(0, ROOT)
+    import modeling
+    import options
+    import run_pretraining
+    import training
+    from bert_data import pretraining
+
+    opts = options.parse_options(_our_argv(args.precision, args.xla_flag, args.layout))
+    strategy = training.make_strategy(opts["replicas"])
+    opts["_strategy"] = strategy
+    config = modeling.BertConfig(**options.bert_config_from_options(opts))
+    dataset = pretraining.generated_dataset(opts, opts["seed"], config.vocab_size)
+    with strategy.scope():
+        model = modeling.BertModel(config, seed=opts["seed"])
+    trainer = training.Trainer(
+        opts,
+        strategy,
+        model,
+        run_pretraining.pretraining_loss_fn,
+        opts["num_train_steps"],
+        tokens_fn=lambda f: run_pretraining.real_tokens(f, opts["static_mask"], MASKS),
+    )
+    step_fn = trainer.step_function()
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    metrics = {}
+
+    def run_step():
+        # As the training loop: fetch an element, run the step, read every metric back.
+        out = step_fn(next(iterator))
+        metrics.update({k: float(v) for k, v in out.items()})
+
+    first, times = _time_steps(run_step, args.warmup, args.steps)
+    flops = modeling.pretraining_flops_per_sequence(config, SEQ, MASKS)
+    peak = training.measured_peak_flops(trainer.compute_dtype)
+    shipped = options.parse_options(_our_argv(args.precision, None, args.layout))["xla"]
+    return {
+        "xla": bool(opts["xla"]),
+        "xla_is_default": bool(opts["xla"]) == bool(shipped),
+        "vocab_size": config.vocab_size,
+        "first_step_s": first,
+        "times_s": times,
+        "flops_per_sequence": flops,
+        "peak_flops": peak,
+        "loss": metrics["loss"],
+    }
+
+
+def worker_keras(args):
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    import keras
+    import keras_hub
+    import numpy as np
+
+    sys.path.insert(0, ROOT)
+    import modeling
+    import training
+
+    if args.precision == "bf16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=args.vocab_size,
+        num_layers=12,
+        num_heads=12,
+        hidden_dim=768,
+        intermediate_dim=3072,
+        dropout=0.1,
+        max_sequence_length=512,
+    )
+    model = keras_hub.models.BertMaskedLM(backbone=backbone, preprocessor=None)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
+        jit_compile=not args.keras_no_xla,
+    )
+    rng = np.random.default_rng(0)
+    positions = np.sort(
+        np.argsort(rng.random((MICRO_BATCH, SEQ - 1)), axis=1)[:, :MASKS] + 1, axis=1
+    )
+    x = {
+        "token_ids": rng.integers(5, args.vocab_size, (MICRO_BATCH, SEQ)).astype(np.int32),
+        "segment_ids": (np.arange(SEQ)[None, :] >= SEQ // 2)
+        .repeat(MICRO_BATCH, 0)
+        .astype(np.int32),
+        "padding_mask": np.ones((MICRO_BATCH, SEQ), bool),
+        "mask_positions": positions.astype(np.int32),
+    }
+    y = rng.integers(5, args.vocab_size, (MICRO_BATCH, MASKS)).astype(np.int32)
+    weights = np.ones((MICRO_BATCH, MASKS), np.float32)
+    losses = []
+
+    def run_step():
+        losses.append(float(model.train_on_batch(x, y, sample_weight=weights)[0]))
+
+    first, times = _time_steps(run_step, args.warmup, args.steps)
+    # Same FLOP count as ours plus the MLM transform layer keras-hub has, minus NSP (negligible).
+    config = modeling.BertConfig(vocab_size=args.vocab_size, use_cls_layer=True)
+    dtype = {"32": "float32", "bf16": "bfloat16"}[args.precision]
+    return {
+        "xla": not args.keras_no_xla,
+        "xla_is_default": False,
+        "vocab_size": args.vocab_size,
+        "keras_hub_version": keras_hub.__version__,
+        "first_step_s": first,
+        "times_s": times,
+        "flops_per_sequence": modeling.pretraining_flops_per_sequence(config, SEQ, MASKS),
+        "peak_flops": training.measured_peak_flops(dtype),
+        "loss": losses[-1],
+    }
+
+
+def run_worker(kind, precision, args, xla=None, layout="static", vocab_size=None):
+    """Runs one measurement in a fresh interpreter; returns its result dict (+ load averages)."""
+    cmd = [
+        sys.executable, os.path.abspath(__file__), "--worker", kind, "--precision", precision,
+        "--steps", str(args.steps), "--warmup", str(args.warmup), "--layout", layout,
+    ]  # fmt: skip
+    if xla is not None:
+        cmd += ["--xla-flag", "on" if xla else "off"]
+    if vocab_size:
+        cmd += ["--vocab-size", str(vocab_size)]
+    if args.keras_no_xla:
+        cmd += ["--keras-no-xla"]
+    load_before = os.getloadavg()[0]
+    label = f"{kind} {precision} {layout} xla={'default' if xla is None else xla}"
+    print(f"... {label}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_TAG)]
+    if proc.returncode or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        sys.exit(f"benchmark worker failed ({label}), exit {proc.returncode}:\n{tail}")
+    result = json.loads(lines[-1][len(RESULT_TAG) :])
+    result.update(
+        system=kind,
+        precision=precision,
+        layout=layout if kind == "ours" else "-",
+        load_before=load_before,
+        load_after=os.getloadavg()[0],
+    )
+    median = statistics.median(result["times_s"])
+    result["median_step_s"] = median
+    result["seq_per_s"] = MICRO_BATCH / median
+    result["mfu"] = result["seq_per_s"] * result["flops_per_sequence"] / result["peak_flops"]
+    return result
+
+
+def print_table(results):
+    header = (
+        f"{'system':<10}{'prec':<6}{'layout':<10}{'xla':<6}{'step s':>8}{'min s':>8}"
+        f"{'seq/s':>8}{'MFU':>7}{'peak':>8}{'RSS MB':>8}{'load':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        xla = ("on" if r["xla"] else "off") + ("*" if r["xla_is_default"] else "")
+        print(
+            f"{r['system']:<10}{r['precision']:<6}{r['layout']:<10}{xla:<6}"
+            f"{r['median_step_s']:>8.3f}{r['times_s'][0]:>8.3f}{r['seq_per_s']:>8.2f}"
+            f"{r['mfu'] * 100:>6.1f}%{r['peak_flops'] / 1e9:>8.0f}{r['peak_rss_mb']:>8.0f}"
+            f"{r['load_before']:>5.1f}->{r['load_after']:<4.1f}"
+        )
+    print(
+        "step s = median step time; min s = fastest step; MFU = model FLOPs / peak, peak = matmul "
+        "GFLOP/s measured in that process; * = our shipped xla default; load = 1-min load average "
+        "before -> after the run."
+    )
+
+
+def _best(results, **keys):
+    """The fastest result matching `keys`, or None."""
+    found = [r for r in results if all(r[k] == v for k, v in keys.items())]
+    return max(found, key=lambda r: r["seq_per_s"], default=None)
+
+
+def print_ratios(results, precisions):
+    """Ratios against the targets, for each XLA setting of ours and for the best of each side."""
+    ratios = {}
+    targets = {"ours/keras-hub 32": 1.15, "ours bf16/ours 32": 1.6}
+    settings = sorted({r["xla"] for r in results if r["system"] == "ours"}, reverse=True)
+    for xla in [*settings, "best"]:
+        keys = {} if xla == "best" else {"xla": xla}
+        label = "best XLA setting" if xla == "best" else f"ours xla={'on' if xla else 'off'}"
+        ours = {
+            p: _best(results, system="ours", layout="static", precision=p, **keys)
+            for p in precisions
+        }
+        for precision in precisions:
+            keras = _best(results, system="keras-hub", precision=precision)
+            if ours[precision] and keras:
+                name = f"ours/keras-hub {precision}"
+                ratios[f"{name} ({label})"] = ours[precision]["seq_per_s"] / keras["seq_per_s"]
+        if ours.get("32") and ours.get("bf16"):
+            ratios[f"ours bf16/ours 32 ({label})"] = (
+                ours["bf16"]["seq_per_s"] / ours["32"]["seq_per_s"]
+            )
+    for name, value in ratios.items():
+        target = targets.get(name.split(" (")[0])
+        note = f"  (target >= {target}: {'met' if value >= target else 'missed'})" if target else ""
+        print(f"{name:<48}{value:6.2f}x{note}")
+    return ratios
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    parser.add_argument("--precisions", default="32,bf16", help="comma-separated: 32, bf16")
+    parser.add_argument(
+        "--xla",
+        choices=("default", "on", "off", "both"),
+        default="both",
+        help="our step's XLA setting: both (default), on, off, or the shipped default",
+    )
+    parser.add_argument("--standard", action="store_true", help="also the standard data layout")
+    parser.add_argument("--no-keras", action="store_true", help="measure ours only")
+    parser.add_argument("--keras-no-xla", action="store_true", help="keras-hub without XLA")
+    parser.add_argument("--json", help="also write every figure to this JSON file")
+    # Internal: one measurement in this process.
+    parser.add_argument("--worker", choices=("ours", "keras-hub"), help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="32", help=argparse.SUPPRESS)
+    parser.add_argument("--layout", default="static", help=argparse.SUPPRESS)
+    parser.add_argument("--xla-flag", choices=("on", "off"), help=argparse.SUPPRESS)
+    parser.add_argument("--vocab-size", type=int, default=30400, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        args.xla_flag = None if args.xla_flag is None else args.xla_flag == "on"
+        result = (worker_ours if args.worker == "ours" else worker_keras)(args)
+        result["peak_rss_mb"] = _peak_rss_mb()
+        print(RESULT_TAG + json.dumps(result), flush=True)
+        return
+
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    bad = [p for p in precisions if p not in ("32", "bf16")]
+    if bad or not precisions:
+        sys.exit(f"--precisions: use 32 and/or bf16, got {args.precisions!r}")
+    use_keras = not args.no_keras
+    if use_keras and importlib.util.find_spec("keras_hub") is None:
+        print(
+            "keras-hub is not installed, so only our step is measured. For the comparison run "
+            f"`pip install keras-hub=={KERAS_HUB_VERSION}` (benchmark only; not a project "
+            "requirement).",
+            file=sys.stderr,
+        )
+        use_keras = False
+    xla_settings = {"default": [None], "on": [True], "off": [False], "both": [True, False]}
+    print(
+        f"BERT-base pretraining step, seq {SEQ}, micro-batch {MICRO_BATCH}, {MASKS} masked "
+        f"positions, {os.cpu_count()} CPUs; {args.steps} timed steps after {args.warmup} warm-up",
+        flush=True,
+    )
+    results = []
+    vocab = None
+    for precision in precisions:
+        for xla in xla_settings[args.xla]:
+            layouts = ["static", "standard"] if args.standard else ["static"]
+            for layout in layouts:
+                results.append(run_worker("ours", precision, args, xla, layout))
+                vocab = results[-1]["vocab_size"]
+        if use_keras:
+            results.append(run_worker("keras-hub", precision, args, vocab_size=vocab))
+    print_table(results)
+    keras_runs = [r for r in results if r["system"] == "keras-hub"]
+    if keras_runs and keras_runs[0]["keras_hub_version"] != KERAS_HUB_VERSION:
+        print(f"note: keras-hub {keras_runs[0]['keras_hub_version']}, not {KERAS_HUB_VERSION}")
+    ratios = print_ratios(results, precisions)
+    print(
+        "ours: MLM + NSP, LAMB, layout static = the config's remask layout, standard = "
+        "--static-mask false; keras-hub: BertMaskedLM (MLM only, transform layer, AdamW), "
+        f"vocab {vocab}."
+    )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"results": results, "ratios": ratios}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
