@@ -34,7 +34,8 @@ def _files(prefix):
     return sorted(glob.glob(glob.escape(prefix) + ".*"))
 
 
-def _write_state(directory, prefixes):
+def write_state(directory, prefixes):
+    """The TF1 `checkpoint` state file listing `prefixes` (the last is the latest)."""
     names = [os.path.basename(p) for p in prefixes]
     lines = [f'model_checkpoint_path: "{names[-1]}"']
     lines += [f'all_model_checkpoint_paths: "{n}"' for n in names]
@@ -52,6 +53,31 @@ def listed(directory):
     return [p for p in prefixes if os.path.isfile(p + ".index")]
 
 
+def write_tensors(prefix, tensors, also=None):
+    """Writes {name: tensor or array} as a TF1 checkpoint at `prefix`, atomically.
+
+    Files go under a temporary prefix and are renamed into place, the index last (it is what makes a
+    checkpoint visible), so an interrupted write leaves nothing that looks complete. `also(temp)` may
+    write more files under the temporary prefix; they are renamed with the rest.
+    """
+    directory = os.path.dirname(os.path.abspath(prefix))
+    os.makedirs(directory, exist_ok=True)
+    temp = os.path.join(directory, f".tmp-{os.path.basename(prefix)}-{os.getpid()}")
+    names = list(tensors)
+    tf.raw_ops.SaveV2(
+        prefix=temp,
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.convert_to_tensor(tensors[n]) for n in names],
+    )
+    if also is not None:
+        also(temp)
+    moves = [(f, prefix + f[len(temp) :]) for f in _files(temp)]
+    moves.sort(key=lambda m: m[1].endswith(".index"))
+    for src, dst in moves:
+        os.replace(src, dst)
+
+
 def save(directory, step, variables, iterator=None, max_to_keep=5):
     """Writes `ckpt-<step>` with every variable under its name; returns the prefix.
 
@@ -62,29 +88,20 @@ def save(directory, step, variables, iterator=None, max_to_keep=5):
       iterator: optional tf.data iterator whose position is saved too.
       max_to_keep: older checkpoints beyond this many are deleted (0 or None keeps all).
     """
-    os.makedirs(directory, exist_ok=True)
     prefix = os.path.join(directory, f"ckpt-{step}")
-    temp = os.path.join(directory, f".tmp-ckpt-{step}-{os.getpid()}")
-    names = list(variables)
-    tf.raw_ops.SaveV2(
-        prefix=temp,
-        tensor_names=names,
-        shape_and_slices=[""] * len(names),
-        tensors=[variables[n].read_value() for n in names],
-    )
-    if iterator is not None:
-        tf.train.Checkpoint(iterator=iterator).write(temp + ".input")
-    moves = [(f, prefix + f[len(temp) :]) for f in _files(temp)]
-    moves.sort(key=lambda m: m[1].endswith(".index"))  # the index makes it visible: last
-    for src, dst in moves:
-        os.replace(src, dst)
+
+    def save_iterator(temp):
+        if iterator is not None:
+            tf.train.Checkpoint(iterator=iterator).write(temp + ".input")
+
+    write_tensors(prefix, {n: v.read_value() for n, v in variables.items()}, save_iterator)
     kept = [p for p in listed(directory) if p != prefix] + [prefix]
     if max_to_keep and len(kept) > max_to_keep:
         for old in kept[:-max_to_keep]:
             for f in _files(old):
                 os.remove(f)
         kept = kept[-max_to_keep:]
-    _write_state(directory, kept)
+    write_state(directory, kept)
     return prefix
 
 

@@ -31,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 import interop
+import options
 from bert_data.errors import UserError, cli_main
 from bert_data.fileio import atomic_write_json, read_json
 
@@ -53,12 +54,10 @@ REPORT_FILE = "conversion_report.json"
 
 
 def _bool(text):
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    try:
+        return options.bool_from_text(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}") from None
 
 
 def build_parser():

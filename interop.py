@@ -156,36 +156,12 @@ def read_tf_checkpoint(prefix):
         ) from None
 
 
-def write_state_file(directory, prefix):
-    """A TF1 `checkpoint` state file naming `prefix`, so `tf.train.latest_checkpoint` finds it."""
-    name = os.path.basename(prefix)
-    text = f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n'
-    atomic_write_text(os.path.join(directory, STATE_FILE), text)
-
-
 def write_tf_checkpoint(prefix, tensors):
-    """Write {name: np.ndarray} as a TF1 checkpoint at `prefix`, atomically, plus a state file.
+    """Write {name: np.ndarray} as a TF1 checkpoint at `prefix`, atomically, plus a state file."""
+    import checkpoints
 
-    Files go under a temporary prefix and are renamed into place, the index last (it is what makes
-    the checkpoint visible), so an interrupted write leaves nothing that looks complete.
-    """
-    import tensorflow as tf
-
-    directory = os.path.dirname(os.path.abspath(prefix))
-    os.makedirs(directory, exist_ok=True)
-    temp = os.path.join(directory, f".tmp-{os.path.basename(prefix)}-{os.getpid()}")
-    names = list(tensors)
-    tf.raw_ops.SaveV2(
-        prefix=temp,
-        tensor_names=names,
-        shape_and_slices=[""] * len(names),
-        tensors=[tf.constant(tensors[n]) for n in names],
-    )
-    moves = [(f, prefix + f[len(temp) :]) for f in glob.glob(glob.escape(temp) + ".*")]
-    moves.sort(key=lambda m: m[1].endswith(".index"))
-    for src, dst in moves:
-        os.replace(src, dst)
-    write_state_file(directory, prefix)
+    checkpoints.write_tensors(prefix, tensors)
+    checkpoints.write_state(os.path.dirname(os.path.abspath(prefix)), [prefix])
 
 
 def split_training_state(tensors):

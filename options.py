@@ -306,7 +306,8 @@ def check_value(opt, value):
     return value
 
 
-def _bool_from_text(text):
+def bool_from_text(text):
+    """true/1/yes/on or false/0/no/off (any case) -> bool; ValueError otherwise."""
     lowered = text.strip().lower()
     if lowered in ("true", "1", "yes", "on"):
         return True
@@ -323,7 +324,7 @@ def _cli_converter(opt):
             if opt.type == "str":
                 value = text
             elif opt.type == "bool":
-                value = _bool_from_text(text)
+                value = bool_from_text(text)
             elif opt.type == "int":
                 value = int(text)
             elif opt.type == "float":
