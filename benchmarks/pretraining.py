@@ -10,14 +10,16 @@ fixed random inputs of the same shape; it has no NSP head (about 0.01% of the FL
 
 Each measurement runs in its own subprocess (no shared memory or threads), one after the other:
 compile and warm up, then time `--steps` steps and keep the median. MFU = model FLOPs
-(`modeling.pretraining_flops_per_sequence`) / the matmul peak measured in the same process
-(`training.measured_peak_flops`). Peak RSS is the subprocess's own maximum resident set.
+(`modeling.pretraining_flops_per_sequence`) / the best matmul peak
+(`training.measured_peak_flops`) measured in any of the run's processes for that dtype. Peak RSS
+is the subprocess's own maximum resident set.
 
-    python3 benchmarks/pretraining.py [--steps 15] [--precisions 32,bf16] [--xla both|on|off|default]
-        [--standard] [--no-keras] [--json out.json]
+    python3 benchmarks/pretraining.py [--steps 15] [--precisions 32,bf16] [--xla both|on|off|config]
+        [--standard] [--no-keras] [--wait-quiet 300] [--json out.json]
 
-Other processes on the machine distort the figures: the load average seen around each run is
-printed; compare ratios from one run, not absolute numbers across runs.
+The CPU may be shared: before each measurement the script waits (up to --wait-quiet seconds) until
+no other process is busy, and it reports how many cores other processes used during the timed
+steps ("other"). Compare ratios from one run, not absolute numbers across runs.
 """
 
 import argparse
@@ -30,6 +32,8 @@ import subprocess
 import sys
 import time
 
+import psutil
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,10 +41,11 @@ CONFIG = os.path.join(ROOT, "configs", "pretrain_base_128_phase1.json")
 MICRO_BATCH, SEQ, MASKS = 8, 128, 20
 KERAS_HUB_VERSION = "0.32.0"
 RESULT_TAG = "RESULT "
+TARGETS = {"ours/keras-hub 32": 1.15, "ours bf16/ours 32": 1.6}
 
 
 def _our_argv(precision, xla, layout):
-    """run_pretraining.py flags of one measurement (xla None = the shipped default)."""
+    """run_pretraining.py flags of one measurement (xla None = the config's setting)."""
     argv = [
         "--config", CONFIG, "--micro-batch-size", str(MICRO_BATCH),
         "--global-batch-size", str(MICRO_BATCH), "--precision", precision, "--generated-data",
@@ -53,23 +58,33 @@ def _our_argv(precision, xla, layout):
     return argv
 
 
+def _busy_cpu_seconds():
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq
+
+
 def _time_steps(run_step, warmup, steps):
-    """(compile+first step seconds, sorted per-step seconds of the timed steps)."""
+    """Compile and warm up, then time `steps` calls.
+
+    Returns:
+      (seconds of the first call, per-step seconds, per-step cores used by other processes).
+    """
+    me = psutil.Process()
     start = time.perf_counter()
     run_step()
     first = time.perf_counter() - start
     for _ in range(warmup):
         run_step()
-    times = []
+    times, others = [], []
     for _ in range(steps):
+        busy, own = _busy_cpu_seconds(), sum(me.cpu_times()[:2])
         start = time.perf_counter()
         run_step()
-        times.append(time.perf_counter() - start)
-    return first, sorted(times)
-
-
-def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        wall = time.perf_counter() - start
+        other = _busy_cpu_seconds() - busy - (sum(me.cpu_times()[:2]) - own)
+        times.append(wall)
+        others.append(max(other, 0.0) / wall)
+    return first, times, others
 
 
 def worker_ours(args):
@@ -104,18 +119,17 @@ def worker_ours(args):
         out = step_fn(next(iterator))
         metrics.update({k: float(v) for k, v in out.items()})
 
-    first, times = _time_steps(run_step, args.warmup, args.steps)
-    flops = modeling.pretraining_flops_per_sequence(config, SEQ, MASKS)
-    peak = training.measured_peak_flops(trainer.compute_dtype)
-    shipped = options.parse_options(_our_argv(args.precision, None, args.layout))["xla"]
+    first, times, others = _time_steps(run_step, args.warmup, args.steps)
+    configured = options.parse_options(_our_argv(args.precision, None, args.layout))["xla"]
     return {
         "xla": bool(opts["xla"]),
-        "xla_is_default": bool(opts["xla"]) == bool(shipped),
+        "xla_is_config": bool(opts["xla"]) == bool(configured),
         "vocab_size": config.vocab_size,
         "first_step_s": first,
         "times_s": times,
-        "flops_per_sequence": flops,
-        "peak_flops": peak,
+        "other_cores": others,
+        "flops_per_sequence": modeling.pretraining_flops_per_sequence(config, SEQ, MASKS),
+        "peak_flops": training.measured_peak_flops(trainer.compute_dtype),
         "loss": metrics["loss"],
     }
 
@@ -167,25 +181,44 @@ def worker_keras(args):
     def run_step():
         losses.append(float(model.train_on_batch(x, y, sample_weight=weights)[0]))
 
-    first, times = _time_steps(run_step, args.warmup, args.steps)
-    # Same FLOP count as ours plus the MLM transform layer keras-hub has, minus NSP (negligible).
+    first, times, others = _time_steps(run_step, args.warmup, args.steps)
+    # Our FLOP count plus the MLM transform layer keras-hub has, minus NSP (negligible).
     config = modeling.BertConfig(vocab_size=args.vocab_size, use_cls_layer=True)
     dtype = {"32": "float32", "bf16": "bfloat16"}[args.precision]
     return {
         "xla": not args.keras_no_xla,
-        "xla_is_default": False,
+        "xla_is_config": False,
         "vocab_size": args.vocab_size,
         "keras_hub_version": keras_hub.__version__,
         "first_step_s": first,
         "times_s": times,
+        "other_cores": others,
         "flops_per_sequence": modeling.pretraining_flops_per_sequence(config, SEQ, MASKS),
         "peak_flops": training.measured_peak_flops(dtype),
         "loss": losses[-1],
     }
 
 
+def wait_quiet(limit, threshold=0.15, window=5.0):
+    """Wait until other processes used less than `threshold` cores over `window` seconds.
+
+    Returns the seconds waited (gives up after `limit`).
+    """
+    start = time.time()
+    me = os.getpid()
+    while time.time() - start < limit:
+        busy = _busy_cpu_seconds()
+        mine = psutil.Process(me).cpu_times()
+        time.sleep(window)
+        now = psutil.Process(me).cpu_times()
+        other = _busy_cpu_seconds() - busy - (now.user + now.system - mine.user - mine.system)
+        if other / window < threshold:
+            break
+    return time.time() - start
+
+
 def run_worker(kind, precision, args, xla=None, layout="static", vocab_size=None):
-    """Runs one measurement in a fresh interpreter; returns its result dict (+ load averages)."""
+    """Runs one measurement in a fresh interpreter; returns its result dict."""
     cmd = [
         sys.executable, os.path.abspath(__file__), "--worker", kind, "--precision", precision,
         "--steps", str(args.steps), "--warmup", str(args.warmup), "--layout", layout,
@@ -196,48 +229,55 @@ def run_worker(kind, precision, args, xla=None, layout="static", vocab_size=None
         cmd += ["--vocab-size", str(vocab_size)]
     if args.keras_no_xla:
         cmd += ["--keras-no-xla"]
-    load_before = os.getloadavg()[0]
-    label = f"{kind} {precision} {layout} xla={'default' if xla is None else xla}"
-    print(f"... {label}", file=sys.stderr, flush=True)
+    if kind == "ours":
+        label = f"ours {precision} {layout} xla={'config' if xla is None else xla}"
+    else:
+        label = f"{kind} {precision} xla={not args.keras_no_xla}"
+    waited = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else 0.0
+    print(f"... {label} (waited {waited:.0f} s for a quiet CPU)", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_TAG)]
     if proc.returncode or not lines:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         sys.exit(f"benchmark worker failed ({label}), exit {proc.returncode}:\n{tail}")
     result = json.loads(lines[-1][len(RESULT_TAG) :])
-    result.update(
-        system=kind,
-        precision=precision,
-        layout=layout if kind == "ours" else "-",
-        load_before=load_before,
-        load_after=os.getloadavg()[0],
-    )
-    median = statistics.median(result["times_s"])
-    result["median_step_s"] = median
-    result["seq_per_s"] = MICRO_BATCH / median
-    result["mfu"] = result["seq_per_s"] * result["flops_per_sequence"] / result["peak_flops"]
+    result.update(system=kind, precision=precision, layout=layout if kind == "ours" else "-")
+    result["median_step_s"] = statistics.median(result["times_s"])
+    result["seq_per_s"] = MICRO_BATCH / result["median_step_s"]
+    result["mean_other_cores"] = statistics.mean(result["other_cores"])
     return result
 
 
-def print_table(results):
+def add_mfu(results):
+    """MFU of each result against the best peak measured for its dtype in this run."""
+    peaks = {}
+    for r in results:
+        peaks[r["precision"]] = max(peaks.get(r["precision"], 0.0), r["peak_flops"])
+    for r in results:
+        r["peak_flops_used"] = peaks[r["precision"]]
+        r["mfu"] = r["seq_per_s"] * r["flops_per_sequence"] / peaks[r["precision"]]
+    return peaks
+
+
+def print_table(results, peaks):
     header = (
         f"{'system':<10}{'prec':<6}{'layout':<10}{'xla':<6}{'step s':>8}{'min s':>8}"
-        f"{'seq/s':>8}{'MFU':>7}{'peak':>8}{'RSS MB':>8}{'load':>11}"
+        f"{'seq/s':>8}{'MFU':>7}{'RSS MB':>8}{'other':>7}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
-        xla = ("on" if r["xla"] else "off") + ("*" if r["xla_is_default"] else "")
+        xla = ("on" if r["xla"] else "off") + ("*" if r["xla_is_config"] else "")
         print(
             f"{r['system']:<10}{r['precision']:<6}{r['layout']:<10}{xla:<6}"
-            f"{r['median_step_s']:>8.3f}{r['times_s'][0]:>8.3f}{r['seq_per_s']:>8.2f}"
-            f"{r['mfu'] * 100:>6.1f}%{r['peak_flops'] / 1e9:>8.0f}{r['peak_rss_mb']:>8.0f}"
-            f"{r['load_before']:>5.1f}->{r['load_after']:<4.1f}"
+            f"{r['median_step_s']:>8.3f}{min(r['times_s']):>8.3f}{r['seq_per_s']:>8.2f}"
+            f"{r['mfu'] * 100:>6.1f}%{r['peak_rss_mb']:>8.0f}{r['mean_other_cores']:>7.2f}"
         )
+    peak_text = ", ".join(f"{p}: {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items())
     print(
-        "step s = median step time; min s = fastest step; MFU = model FLOPs / peak, peak = matmul "
-        "GFLOP/s measured in that process; * = our shipped xla default; load = 1-min load average "
-        "before -> after the run."
+        "step s = median step time; min s = fastest step; MFU = model FLOPs / matmul peak "
+        f"({peak_text}); * = the config's xla setting; other = cores used by other processes "
+        "during the timed steps."
     )
 
 
@@ -248,9 +288,8 @@ def _best(results, **keys):
 
 
 def print_ratios(results, precisions):
-    """Ratios against the targets, for each XLA setting of ours and for the best of each side."""
+    """Ratios against the targets, for each XLA setting of ours and for the best of each."""
     ratios = {}
-    targets = {"ours/keras-hub 32": 1.15, "ours bf16/ours 32": 1.6}
     settings = sorted({r["xla"] for r in results if r["system"] == "ours"}, reverse=True)
     for xla in [*settings, "best"]:
         keys = {} if xla == "best" else {"xla": xla}
@@ -269,7 +308,7 @@ def print_ratios(results, precisions):
                 ours["bf16"]["seq_per_s"] / ours["32"]["seq_per_s"]
             )
     for name, value in ratios.items():
-        target = targets.get(name.split(" (")[0])
+        target = TARGETS.get(name.split(" (")[0])
         note = f"  (target >= {target}: {'met' if value >= target else 'missed'})" if target else ""
         print(f"{name:<48}{value:6.2f}x{note}")
     return ratios
@@ -282,13 +321,20 @@ def main():
     parser.add_argument("--precisions", default="32,bf16", help="comma-separated: 32, bf16")
     parser.add_argument(
         "--xla",
-        choices=("default", "on", "off", "both"),
+        choices=("both", "on", "off", "config"),
         default="both",
-        help="our step's XLA setting: both (default), on, off, or the shipped default",
+        help="our step's XLA setting: both (default), on, off, or the config's",
     )
     parser.add_argument("--standard", action="store_true", help="also the standard data layout")
     parser.add_argument("--no-keras", action="store_true", help="measure ours only")
     parser.add_argument("--keras-no-xla", action="store_true", help="keras-hub without XLA")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=300,
+        help="before each measurement wait up to this many seconds for other processes to go "
+        "quiet (0: do not wait)",
+    )
     parser.add_argument("--json", help="also write every figure to this JSON file")
     # Internal: one measurement in this process.
     parser.add_argument("--worker", choices=("ours", "keras-hub"), help=argparse.SUPPRESS)
@@ -301,13 +347,12 @@ def main():
     if args.worker:
         args.xla_flag = None if args.xla_flag is None else args.xla_flag == "on"
         result = (worker_ours if args.worker == "ours" else worker_keras)(args)
-        result["peak_rss_mb"] = _peak_rss_mb()
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
         print(RESULT_TAG + json.dumps(result), flush=True)
         return
 
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    bad = [p for p in precisions if p not in ("32", "bf16")]
-    if bad or not precisions:
+    if not precisions or any(p not in ("32", "bf16") for p in precisions):
         sys.exit(f"--precisions: use 32 and/or bf16, got {args.precisions!r}")
     use_keras = not args.no_keras
     if use_keras and importlib.util.find_spec("keras_hub") is None:
@@ -318,35 +363,34 @@ def main():
             file=sys.stderr,
         )
         use_keras = False
-    xla_settings = {"default": [None], "on": [True], "off": [False], "both": [True, False]}
+    xla_settings = {"config": [None], "on": [True], "off": [False], "both": [True, False]}
     print(
         f"BERT-base pretraining step, seq {SEQ}, micro-batch {MICRO_BATCH}, {MASKS} masked "
         f"positions, {os.cpu_count()} CPUs; {args.steps} timed steps after {args.warmup} warm-up",
         flush=True,
     )
-    results = []
-    vocab = None
+    results, vocab = [], None
     for precision in precisions:
         for xla in xla_settings[args.xla]:
-            layouts = ["static", "standard"] if args.standard else ["static"]
-            for layout in layouts:
+            for layout in ["static", "standard"] if args.standard else ["static"]:
                 results.append(run_worker("ours", precision, args, xla, layout))
                 vocab = results[-1]["vocab_size"]
         if use_keras:
             results.append(run_worker("keras-hub", precision, args, vocab_size=vocab))
-    print_table(results)
+    peaks = add_mfu(results)
+    print_table(results, peaks)
     keras_runs = [r for r in results if r["system"] == "keras-hub"]
     if keras_runs and keras_runs[0]["keras_hub_version"] != KERAS_HUB_VERSION:
         print(f"note: keras-hub {keras_runs[0]['keras_hub_version']}, not {KERAS_HUB_VERSION}")
     ratios = print_ratios(results, precisions)
     print(
-        "ours: MLM + NSP, LAMB, layout static = the config's remask layout, standard = "
-        "--static-mask false; keras-hub: BertMaskedLM (MLM only, transform layer, AdamW), "
-        f"vocab {vocab}."
+        "ours: MLM + NSP, LAMB; layout static = the config's remask layout, standard = "
+        "--static-mask false. keras-hub: BertMaskedLM (MLM only, with the MLM transform layer), "
+        f"AdamW, XLA{' off' if args.keras_no_xla else ''}; vocab {vocab}."
     )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"results": results, "ratios": ratios}, f, indent=2)
+            json.dump({"results": results, "ratios": ratios, "peaks": peaks}, f, indent=2)
 
 
 if __name__ == "__main__":
