@@ -58,6 +58,9 @@ ACTIVATIONS = {
 }
 
 
+_MAY_BE_ZERO = ("position_offset",)
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     """Model hyper-parameters: Google's bert_config.json fields plus the reference app's switches.
@@ -87,13 +90,19 @@ class BertConfig:
     static_mask: bool = False
     layer_norm_eps: float = 1e-3
     recompute: bool = False
+    position_offset: int = 0  # position id of the first slot (RoBERTa: 2)
+    groupbert: bool = False
+    groupbert_ffn_output_groups: int = 4
+    groupbert_conv_kernel_size: int = 7
+    groupbert_conv_group_size: int = 16
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.type is int:
-                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-                want = "a positive integer"
+                low = 0 if field.name in _MAY_BE_ZERO else 1
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+                want = "a positive integer" if low else "a non-negative integer"
             elif field.type is float:
                 ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
                 want = "a non-negative number"
@@ -269,6 +278,38 @@ class BertModel(tf.Module):
         return outputs
 
 
+def _add_attention(params, config, layer, seed):
+    """Q/K/V kernels (split or fused), optional Q/K/V biases and the output projection."""
+    c, h = config, config.hidden_size
+    normal = functools.partial(add_variable, stddev=c.initializer_range, seed=seed)
+    if c.use_qkv_split:
+        for part in ("query", "key", "value"):
+            normal(params, f"{layer}/attention/self/{part}/kernel", [h, h])
+    else:
+        # Columns [0:H] query, [H:2H] key, [2H:3H] value; heads are contiguous within each.
+        normal(params, f"{layer}/attention/self/kernel/qkv_weight", [h, 3 * h])
+    if c.use_qkv_bias:
+        for part in ("query", "key", "value"):
+            # The key bias adds the same value to every score of a query, so it cancels in the
+            # softmax: kept (checkpoints have it) but not trained, as in the reference.
+            add_variable(
+                params,
+                f"{layer}/attention/self/{part}/bias",
+                [h],
+                "zeros",
+                trainable=part != "key",
+            )
+    _add_dense(
+        params,
+        f"{layer}/attention/projection/dense",
+        h,
+        h,
+        c,
+        seed,
+        bias=c.use_attention_projection_bias,
+    )
+
+
 def _create_params(config, heads, seed):
     c = config
     h, params = c.hidden_size, {}
@@ -277,34 +318,13 @@ def _create_params(config, heads, seed):
     normal(params, "bert/embeddings/token_type_embeddings", [c.type_vocab_size, h])
     normal(params, "bert/embeddings/position_embeddings", [c.max_position_embeddings, h])
     _add_layer_norm(params, "bert/embeddings/LayerNorm", h)
-    for i in range(c.num_hidden_layers):
+    if c.groupbert:  # its own encoder layers and final LayerNorm
+        import modeling_groupbert
+
+        modeling_groupbert.create_groupbert_params(params, c, seed)
+    for i in range(0 if c.groupbert else c.num_hidden_layers):
         layer = f"bert/encoder/layer_{i}"
-        if c.use_qkv_split:
-            for part in ("query", "key", "value"):
-                normal(params, f"{layer}/attention/self/{part}/kernel", [h, h])
-        else:
-            # Columns [0:H] query, [H:2H] key, [2H:3H] value; heads are contiguous within each.
-            normal(params, f"{layer}/attention/self/kernel/qkv_weight", [h, 3 * h])
-        if c.use_qkv_bias:
-            for part in ("query", "key", "value"):
-                # The key bias adds the same value to every score of a query, so it cancels in the
-                # softmax: kept (checkpoints have it) but not trained, as in the reference.
-                add_variable(
-                    params,
-                    f"{layer}/attention/self/{part}/bias",
-                    [h],
-                    "zeros",
-                    trainable=part != "key",
-                )
-        _add_dense(
-            params,
-            f"{layer}/attention/projection/dense",
-            h,
-            h,
-            c,
-            seed,
-            bias=c.use_attention_projection_bias,
-        )
+        _add_attention(params, c, layer, seed)
         _add_layer_norm(params, f"{layer}/attention/projection/LayerNorm", h)
         _add_dense(params, f"{layer}/intermediate/dense", h, c.intermediate_size, c, seed)
         _add_dense(params, f"{layer}/output/dense", c.intermediate_size, h, c, seed)
@@ -598,16 +618,20 @@ def embeddings(
       input_ids, segment_ids: int32 [B,S].
       positions: int32 [B,S] position of each slot (static-mask layout) or None for 0..S-1. Values
         >= max_position_embeddings (the remask pad value 384) are clipped: such slots are padding.
+        config.position_offset is added first: slot i reads row offset + i (RoBERTa: 2 + i, as
+        Hugging Face's RoBERTa for real tokens; its pad slots read row 1, but they are masked keys
+        whose outputs are never used).
     Returns:
       [B,S,H] in compute_dtype.
     """
     acc = _float_dtype(compute_dtype)
     x = tf.cast(_lookup(params["bert/embeddings/word_embeddings"].read_value(), input_ids), acc)
     table = params["bert/embeddings/position_embeddings"]
+    offset = config.position_offset
     if positions is None:
-        x += tf.cast(table[: _dim(input_ids, 1)], acc)  # [S,H] broadcast over the batch
+        x += tf.cast(table[offset : offset + _dim(input_ids, 1)], acc)  # [S,H] broadcast over B
     else:
-        positions = tf.minimum(positions, config.max_position_embeddings - 1)
+        positions = tf.minimum(positions + offset, config.max_position_embeddings - 1)
         x += tf.cast(_lookup(table.read_value(), positions), acc)
     # One-hot times table (as Google does) gives a dense gradient for this tiny table.
     one_hot = tf.one_hot(segment_ids, config.type_vocab_size, dtype=acc)  # [B,S,T]
@@ -796,6 +820,10 @@ def _encode(params, config, features, training, dropout_seed, compute_dtype):
         compute_dtype,
     )
     mask = attention_mask(config, features, _float_dtype(compute_dtype))
+    if config.groupbert:
+        import modeling_groupbert
+
+        return modeling_groupbert.encode(params, config, x, features, mask, training, dropout_seed)
 
     def layer(i, x, rows=None):
         # Everything but x is closed over, so tf.recompute_grad sees a one-tensor function.
@@ -946,11 +974,20 @@ def pretraining_flops_per_sequence(config, seq_length, num_masked):
       MLM: transform 2PH^2 (if use_cls_layer) + tied projection 2PHV
       pooler 2H^2 + NSP 4H
       total = 3 * (L * (8SH^2 + 4S^2H + 4SHI) + MLM + 2H^2 + 4H)
+    GroupBERT (k = conv kernel size, g = conv group size, G = FFN output groups) replaces the
+    per-layer term by conv GLU 4SH^2 + grouped conv 2SkgH + conv post 2SH^2 + two FFNs, each
+    2SHI + 2SIH/G + mixer 2SH^2 (if G > 1), + attention 8SH^2 + 4S^2H
+    (`modeling_groupbert.layer_flops`).
     Embedding lookups, LayerNorm, softmax, biases and activations are not counted. BERT-base at
-    S=128, P=20 (V=30522) gives about 69.9 GFLOP.
+    S=128, P=20 (V=30522) gives about 69.9 GFLOP; GroupBERT-base (V=30400, MLM transform) about
+    108.8 GFLOP.
     """
     s, h, i = seq_length, config.hidden_size, config.intermediate_size
     per_layer = 8 * s * h * h + 4 * s * s * h + 4 * s * h * i
+    if config.groupbert:
+        import modeling_groupbert
+
+        per_layer = modeling_groupbert.layer_flops(config, s)
     mlm = 2 * num_masked * h * config.vocab_size
     if config.use_cls_layer:
         mlm += 2 * num_masked * h * h

@@ -148,6 +148,12 @@ OPTIONS = [
         O("groupbert_ffn_output_groups", "int", 4, "GroupBERT: groups of the FFN output"),
         O("groupbert_conv_kernel_size", "int", 7, "GroupBERT: convolution kernel size"),
         O("groupbert_conv_group_size", "int", 16, "GroupBERT: channels per convolution group"),
+        O("position_offset", "int", 0, "position id of the first token (RoBERTa: 2)"),
+    ]),
+    *_section("RoBERTa-style MLM", [
+        O("model_type", "str", "bert", "bert: MLM + NSP on WordPiece data; roberta: MLM only on "
+          "packed byte-level BPE data with dynamic masking", choices=("bert", "roberta")),
+        O("tokenizer_file", "str", None, "roberta: tokenizer.json of the byte-level BPE"),
     ]),
     *_section("Precision and execution", [
         O("precision", "str", "16", "compute: 16 = float16, 32 = float32, bf16 = bfloat16",
@@ -228,6 +234,8 @@ OPTIONS = [
         O("data_dir", "str", None, "GLUE task folder"),
         O("buffer_size", "int", 10000, "shuffle buffer"),
         O("glue_dropout_prob", "float", 0.1, "dropout before the classifier"),
+        O("num_seeds", "int", 1, "fine-tune this many times (seeds seed, seed+1, ...) and report "
+          "mean and std of the dev metrics"),
     ], scopes=("glue",)),
 ]  # fmt: skip
 
@@ -611,7 +619,8 @@ BERT_CONFIG_KEYS = (
     "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
     "type_vocab_size", "initializer_range", "max_predictions_per_seq",
     "use_attention_projection_bias", "use_cls_layer", "use_qkv_split", "use_qkv_bias",
-    "use_prediction_bias", "static_mask", "layer_norm_eps",
+    "use_prediction_bias", "static_mask", "layer_norm_eps", "position_offset", "groupbert",
+    "groupbert_ffn_output_groups", "groupbert_conv_kernel_size", "groupbert_conv_group_size",
 )  # fmt: skip
 
 

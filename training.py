@@ -296,6 +296,8 @@ def _format_line(step, epoch, m, samples_per_sec, tokens_per_sec, mfu, elapsed, 
             parts.append(f"{name}: {m[name]:.5f}")
     if "mlm_loss" not in m:
         parts.append(f"loss: {m['loss']:.5f}")
+    if "acc" in m:
+        parts.append(f"acc: {m['acc']:.5f}")
     for name in ("mlm_acc", "nsp_acc"):
         if name in m:
             parts.append(f"{name}: {m[name]:.5f} %")
@@ -317,6 +319,7 @@ def _summary_tags(m, epoch, samples_per_sec, samples, tokens_per_sec, mfu, skipp
         ("mlm_acc", "accuracy/MLM"),
         ("nsp_acc", "accuracy/NSP"),
         ("loss", "loss/total"),
+        ("acc", "accuracy/train"),
     ):
         if key in m:
             tags[tag] = m[key]
@@ -332,8 +335,10 @@ def _summary_tags(m, epoch, samples_per_sec, samples, tokens_per_sec, mfu, skipp
     return tags
 
 
-def restore_for_training(opts, trainer, iterator, run):
-    """--restore-dir (exact resume) or --init-checkpoint (weights, optimizer where present, step 0)."""
+def restore_for_training(opts, trainer, iterator, run, init_fn=None):
+    """--restore-dir (exact resume), else `init_fn(run)` if given (fine-tuning: the task loads the
+    encoder and lets its head start fresh), else --init-checkpoint (weights, optimizer where
+    present, step 0)."""
     if opts.get("restore_dir"):
         prefix = checkpoints.resolve(opts["restore_dir"])
         checkpoints.restore(prefix, trainer.state)
@@ -342,6 +347,9 @@ def restore_for_training(opts, trainer, iterator, run):
             f"resumed from {prefix} at step {int(trainer.global_step.numpy())}"
             + ("" if resumed_data else " (no data position saved: data restarts)")
         )
+        return
+    if init_fn is not None:
+        init_fn(run)
         return
     if opts.get("init_checkpoint"):
         import interop  # native, Google TF1 or Hugging Face checkpoints, converted by name
@@ -365,7 +373,16 @@ def restore_for_training(opts, trainer, iterator, run):
         )
 
 
-def train(opts, model, loss_fn, dataset, flops_per_sample=None, tokens_fn=None, evaluate=None):
+def train(
+    opts,
+    model,
+    loss_fn,
+    dataset,
+    flops_per_sample=None,
+    tokens_fn=None,
+    evaluate=None,
+    init_fn=None,
+):
     """Runs `num_train_steps` optimizer steps; returns the last step's metrics (Python floats).
 
     Args:
@@ -378,6 +395,9 @@ def train(opts, model, loss_fn, dataset, flops_per_sample=None, tokens_fn=None, 
       flops_per_sample: model FLOPs of one training sequence, for MFU.
       tokens_fn: micro-batch features -> number of real (non-pad) tokens (traced), for tokens/s.
       evaluate: optional callable(run) run after the last step (e.g. held-out MLM accuracy).
+      init_fn: optional callable(run) that initialises the model when not resuming (instead of
+        the plain --init-checkpoint load).
+    The run directory is left in opts["_run_dir"].
     """
     strategy = opts["_strategy"]
     total_steps = opts["num_train_steps"]
@@ -393,18 +413,20 @@ def train(opts, model, loss_fn, dataset, flops_per_sample=None, tokens_fn=None, 
         else None
     )
     run = Run(opts, run_dir or new_run_dir(opts))
+    opts["_run_dir"] = run.dir
     try:
-        return _train(opts, trainer, dataset, run, flops_per_sample, evaluate)
+        return _train(opts, trainer, dataset, run, flops_per_sample, evaluate, init_fn)
     finally:
         run.close()
 
 
-def _train(opts, trainer, dataset, run, flops_per_sample, evaluate):
+def _train(opts, trainer, dataset, run, flops_per_sample, evaluate, init_fn=None):
     import options as options_module
 
     strategy = trainer.strategy
     options_module.save_resolved(
-        {k: v for k, v in opts.items() if k != "_strategy"}, os.path.join(run.dir, "arguments.json")
+        {k: v for k, v in opts.items() if k not in ("_strategy", "_run_dir")},
+        os.path.join(run.dir, "arguments.json"),
     )
     if hasattr(trainer.model, "config"):
         trainer.model.config.to_json_file(os.path.join(run.dir, "bert_config.json"))
@@ -421,7 +443,7 @@ def _train(opts, trainer, dataset, run, flops_per_sample, evaluate):
             lambda ctx: shares[ctx.replica_id_in_sync_group]
         )
 
-    restore_for_training(opts, trainer, iterator, run)
+    restore_for_training(opts, trainer, iterator, run, init_fn)
     step_fn = trainer.step_function()
     gbs = opts["global_batch_size"]
     samples_per_epoch = max(opts.get("_num_samples", 0) / max(opts["duplicate_factor"] or 1, 1), 1)
