@@ -280,3 +280,18 @@ def test_minilm_head_starts_fresh_and_is_reported(tmp_path, capsys):
         rf"loaded {6 * 14 + 5 + 2} variables from .*\(converted from hf\); 2 start fresh: glue_loss/output_weights, glue_loss/output_bias",
         out,
     ), out
+
+
+def test_fine_tune_glue_script(tmp_path, sample_vocab, mrpc_dir):
+    import subprocess
+
+    script = os.path.join(ROOT, "scripts", "fine_tune_glue.sh")
+    usage = subprocess.run([script, "huge", "mrpc"], capture_output=True, text=True)
+    assert usage.returncode == 64 and "usage:" in usage.stderr
+    env = dict(os.environ, GLUE_DIR=os.path.dirname(mrpc_dir), VOCAB=sample_vocab)
+    flags = [*TINY, "--num-train-steps", "2", "--save-path", str(tmp_path)]
+    run = subprocess.run(
+        [script, "tiny", "mrpc", *flags], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert re.search(r"^mrpc dev, 1 seed\(s\) 1234\.\.1234:\n  accuracy: ", run.stdout, re.M)
