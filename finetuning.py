@@ -217,14 +217,17 @@ def head_outputs(model, features, training, dropout_seed, compute_dtype, head, d
 
     import modeling
 
-    outputs = model(features, training, dropout_seed, compute_dtype)
     weights, bias = (model.params[n] for n in HEAD_VARIABLES[head])
     if head == "squad":
-        x = outputs["sequence_output"]  # [B,S,H]
+        x, _ = modeling.bert_encoder(
+            model.params, model.config, features, training, dropout_seed, compute_dtype
+        )  # [B,S,H]
         logits = tf.einsum("bsh,kh->bks", x, tf.cast(weights, x.dtype))  # [B,2,S]
         logits = tf.cast(logits, tf.float32) + bias[tf.newaxis, :, tf.newaxis]
         return logits[:, 0], logits[:, 1]
-    pooled = outputs["pooled_output"]  # [B,H]
+    pooled = modeling.bert_pooled_output(
+        model.params, model.config, features, training, dropout_seed, compute_dtype
+    )  # [B,H]
     if training and dropout > 0:
         pooled = modeling.dropout(pooled, dropout, True, dropout_seed, salt=_SALT_CLASSIFIER)
     logits = tf.matmul(pooled, tf.cast(weights, pooled.dtype), transpose_b=True)  # [B,C]

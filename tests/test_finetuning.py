@@ -295,3 +295,25 @@ def test_fine_tune_glue_script(tmp_path, sample_vocab, mrpc_dir):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert re.search(r"^mrpc dev, 1 seed\(s\) 1234\.\.1234:\n  accuracy: ", run.stdout, re.M)
+
+
+def test_pooled_output_alone_equals_the_full_encoder():
+    import tensorflow as tf
+
+    import modeling
+
+    config = modeling.BertConfig(
+        vocab_size=99, hidden_size=36, num_hidden_layers=2, num_attention_heads=3,
+        intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    model = modeling.BertModel(config, heads=(), seed=3)
+    rng = np.random.default_rng(0)
+    mask = (np.arange(7)[None, :] < rng.integers(2, 8, (5, 1))).astype(np.int32)
+    features = {
+        "input_ids": tf.constant(rng.integers(0, 99, (5, 7)), tf.int32),
+        "segment_ids": tf.constant(rng.integers(0, 2, (5, 7)), tf.int32),
+        "input_mask": tf.constant(mask),
+    }
+    _, full = modeling.bert_encoder(model.params, config, features)
+    alone = modeling.bert_pooled_output(model.params, config, features)
+    np.testing.assert_allclose(alone.numpy(), full.numpy(), rtol=0, atol=1e-6)
