@@ -16,6 +16,7 @@ checkpoint has them (a fine-tuned checkpoint); the run log says which.
 """
 
 import os
+import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -195,12 +196,38 @@ def initialiser(opts, source, model, head):
     return load if source is not None else None
 
 
-def load_for_inference(opts, source, model, head):
-    """Load a fine-tuned checkpoint (head included) for --do-predict without --do-training."""
-    import interop
+def train_or_load(opts, config, source, model, head, loss_fn, arrays):
+    """Fine-tune `model` on `arrays` (--do-training) or load a fine-tuned checkpoint, head included.
 
-    report = interop.load_into(source, model.params)
-    print(report.summary(), flush=True)
+    Training goes through the shared loop; the run directory (returned, None when only loading)
+    gets a copy of the vocab, so it is itself a checkpoint that prediction can load.
+    """
+    import interop
+    import modeling
+    import training
+
+    if not opts["do_training"]:
+        if source is None:
+            raise UserError(
+                "--do-predict/--do-evaluation without --do-training need --init-checkpoint of a "
+                "fine-tuned model"
+            )
+        print(interop.load_into(source, model.params).summary(), flush=True)
+        return None
+    training.train(
+        opts,
+        model,
+        loss_fn,
+        train_dataset(arrays, opts, opts["seed"]),
+        flops_per_sample=modeling.pretraining_flops_per_sequence(config, opts["seq_length"], 0),
+        tokens_fn=real_tokens,
+        init_fn=initialiser(opts, source, model, head),
+    )
+    run_dir = opts["_run_dir"]
+    vocab_copy = os.path.join(run_dir, "vocab.txt")
+    if opts.get("vocab_file") and not os.path.exists(vocab_copy):
+        shutil.copy(opts["vocab_file"], vocab_copy)
+    return run_dir
 
 
 # ----------------------------------------------------------------------------- model functions

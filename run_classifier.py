@@ -10,7 +10,6 @@ Every config key is also a flag; --init-checkpoint takes a native, Google or Hug
 """
 
 import os
-import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -127,7 +126,6 @@ def _predictions(opts, task, model, arrays):
 
 def run_one(opts, config, source, task, data, seed):
     """Train (optionally), evaluate and predict with one seed; returns the dev metrics or None."""
-    import modeling
     import training
 
     opts = dict(opts, seed=seed)
@@ -135,28 +133,10 @@ def run_one(opts, config, source, task, data, seed):
     opts["_strategy"] = strategy
     with strategy.scope():
         model = finetuning.build_model(config, "classifier", task.num_outputs, seed)
-    out_dir = None
-    if opts["do_training"]:
-        dataset = finetuning.train_dataset(data["train"], opts, seed)
-        training.train(
-            opts,
-            model,
-            make_loss_fn(task.regression, opts["glue_dropout_prob"]),
-            dataset,
-            flops_per_sample=modeling.pretraining_flops_per_sequence(config, opts["seq_length"], 0),
-            tokens_fn=finetuning.real_tokens,
-            init_fn=finetuning.initialiser(opts, source, model, "classifier"),
-        )
-        out_dir = opts["_run_dir"]
-        if opts.get("vocab_file") and not os.path.exists(os.path.join(out_dir, "vocab.txt")):
-            shutil.copy(opts["vocab_file"], os.path.join(out_dir, "vocab.txt"))
-    elif source is not None:
-        finetuning.load_for_inference(opts, source, model, "classifier")
-    else:
-        raise UserError(
-            "--do-evaluation/--do-predict without --do-training need --init-checkpoint "
-            "of a fine-tuned model"
-        )
+    loss_fn = make_loss_fn(task.regression, opts["glue_dropout_prob"])
+    out_dir = finetuning.train_or_load(
+        opts, config, source, model, "classifier", loss_fn, data.get("train")
+    )
     out_dir = finetuning.output_dir(opts, out_dir)
     if opts["output_dir"] and opts["num_seeds"] > 1:
         out_dir = os.path.join(out_dir, f"seed_{seed}")

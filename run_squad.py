@@ -13,7 +13,6 @@ everything they depend on. Every config key is also a flag.
 
 import json
 import os
-import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -144,6 +143,7 @@ def main(argv=None):
         raise UserError("--do-predict/--do-evaluation need --predict-file (a SQuAD JSON file)")
     config, source = finetuning.resolve_model(opts)
     # Read (and check) the data before spending time on the model.
+    train_arrays = None
     if opts["do_training"]:
         if generated:
             train_arrays = _generated(opts, config.vocab_size)
@@ -157,33 +157,15 @@ def main(argv=None):
     if predicting:
         eval_examples, eval_features = _features(opts, opts["predict_file"], False)
 
-    import modeling
     import training
 
     strategy = training.make_strategy(opts["replicas"])
     opts["_strategy"] = strategy
     with strategy.scope():
         model = finetuning.build_model(config, "squad", 2, opts["seed"])
-    run_dir = None
-    if opts["do_training"]:
-        training.train(
-            opts,
-            model,
-            squad_loss_fn,
-            finetuning.train_dataset(train_arrays, opts, opts["seed"]),
-            flops_per_sample=modeling.pretraining_flops_per_sequence(config, opts["seq_length"], 0),
-            tokens_fn=finetuning.real_tokens,
-            init_fn=finetuning.initialiser(opts, source, model, "squad"),
-        )
-        run_dir = opts["_run_dir"]
-        if opts.get("vocab_file") and not os.path.exists(os.path.join(run_dir, "vocab.txt")):
-            shutil.copy(opts["vocab_file"], os.path.join(run_dir, "vocab.txt"))
-    elif source is not None:
-        finetuning.load_for_inference(opts, source, model, "squad")
-    else:
-        raise UserError(
-            "--do-predict without --do-training needs --init-checkpoint of a fine-tuned model"
-        )
+    run_dir = finetuning.train_or_load(
+        opts, config, source, model, "squad", squad_loss_fn, train_arrays
+    )
     if not predicting:
         return 0
     from bert_data import squad
