@@ -1,16 +1,18 @@
 """Text -> BERT pretraining TFRecords (MLM + NSP), Google's algorithm, streamed and parallel.
 
-Input: one sentence per line, a blank line between documents. The corpus is read as a stream and cut, at
-document boundaries, into chunks of about `--chunk-size-mb` of text. Each chunk is an independent unit of
-work with its own seed derived from (`--seed`, chunk index): it is tokenised, turned into A/B instances
-`--duplication-factor` times (random "next" segments are drawn from the same chunk), masked, shuffled and
-serialised by one worker. Chunks are written in input order, instances round-robin across the output files,
-so the output bytes depend only on the inputs and the flags, never on `--num-workers`.
+Input: one sentence per line, a blank line between documents. The input files are cut, at blank lines,
+into chunks of about `--chunk-size-mb` (byte ranges; the main process reads only around the cuts). Each
+chunk is an independent unit of work with its own seed derived from (`--seed`, chunk index): one worker
+reads it, tokenises it, turns it into A/B instances `--duplication-factor` times (random "next" segments
+are drawn from the same chunk), masks, shuffles and serialises them. Chunks are written in input order,
+instances round-robin across the output files, so the output bytes depend only on the inputs and the flags,
+never on `--num-workers`.
 
 Differences from Google's script, all deliberate: random next segments and the final shuffle are within a
 chunk rather than the whole corpus (that is what bounds memory); the reference app's `num_to_predict` rule
 (at least `len - seq + mask` predictions, so remasked sequences fit); truncation draws the number of tokens
-cut at the front from the same binomial law as Google's token-by-token coin flips.
+cut at the front from the same binomial law as Google's token-by-token coin flips; the masked positions are
+a uniform random subset drawn directly (Floyd's algorithm) rather than a prefix of a shuffled list.
 """
 
 import os
@@ -27,13 +29,21 @@ if __package__ in (None, ""):
 import argparse
 import codecs
 import contextlib
+import ctypes
+import gc
 import glob
+import itertools
 import multiprocessing
+import multiprocessing.connection
 import random
+import re
+import signal
+import tempfile
 import time
-from collections import deque
+import types
 
 import numpy as np
+from numpy.random import SeedSequence, default_rng  # imported once here, not in every worker
 
 from bert_data import records
 from bert_data.errors import UserError, cli_main
@@ -108,6 +118,83 @@ def read_chunks(files, chunk_bytes):
             document = []
     if chunk:
         yield chunk
+
+
+# A line of ASCII whitespace between two newlines: a document boundary where the input may be cut.
+_BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
+
+
+def plan_chunks(files, chunk_bytes):
+    """Cuts the input into chunks of about `chunk_bytes` bytes, at blank lines, without reading it all.
+
+    Yields:
+      lists of (path, start, end) byte ranges; each range ends with a blank line or with its file, so it
+      holds whole documents (see `read_documents`). The cuts depend only on the files and chunk_bytes.
+    """
+    ranges, size = [], 0
+    for path in files:
+        file_size = os.path.getsize(path)
+        start = 0
+        with open(path, "rb") as f:
+            while start < file_size:
+                end = _after_blank_line(f, start + chunk_bytes - size, file_size)
+                ranges.append((path, start, end))
+                size += end - start
+                start = end
+                if size >= chunk_bytes:
+                    yield ranges
+                    ranges, size = [], 0
+    if ranges:
+        yield ranges
+
+
+def _after_blank_line(f, position, file_size):
+    """Offset just past the first blank line found from `position` on, or the file's size."""
+    if position >= file_size:
+        return file_size
+    f.seek(position)
+    buffer = b""
+    while True:
+        block = f.read(1 << 16)
+        if not block:
+            return file_size
+        buffer += block
+        match = _BLANK_LINE.search(buffer)
+        if match:
+            return position + match.end()
+        # A blank line can only begin at the last newline read: keep the buffer from there on.
+        newline = buffer.rfind(b"\n")
+        keep_from = newline if newline >= 0 else len(buffer)
+        position += keep_from
+        buffer = buffer[keep_from:]
+
+
+def read_documents(ranges):
+    """The documents of a chunk from `plan_chunks`, read as `read_chunks` reads text.
+
+    Returns:
+      (non-empty stripped lines, list of str; number of lines of each document, list of int;
+      number of undecodable bytes replaced by U+FFFD).
+    """
+    lines, doc_lines = [], []
+    replaced = _ReplacementCounter.count
+    for path, start, end in ranges:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read(end - start).decode("utf-8", errors="bert_data_count")
+        if "\r" in text:  # universal newlines, as text-mode files read them
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        count = 0
+        for line in map(str.strip, text.split("\n")):
+            if line:
+                lines.append(line)
+                count += 1
+            elif count:
+                doc_lines.append(count)
+                count = 0
+        if count:  # a file's end ends its last document
+            doc_lines.append(count)
+    return lines, doc_lines, _ReplacementCounter.count - replaced
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,133 +285,164 @@ def _whole_word_choice(original, length, cand, k, is_continuation, rng):
     return chosen
 
 
-def build_chunk(chunk_index, documents, cfg):
-    """Tokenises, builds, masks and serialises one chunk.
+def build_chunk(chunk_index, ranges, cfg):
+    """Reads, tokenises, builds, masks and serialises one chunk (byte ranges from `plan_chunks`).
+
+    Records are written grouped by their index modulo cfg["num_shards"] (the instances with index
+    0, S, 2S, ... first, then 1, S+1, ...; S = number of output files), so that each output file's
+    share of the chunk is one contiguous byte range (see `_write_chunk`).
 
     Returns:
-      (framed TFRecord bytes, per-record byte lengths [n], stats dict).
+      (framed TFRecord bytes uint8 [total], per-record framed byte lengths int64 [n] in written order,
+      stats dict).
     """
-    seq, P = cfg["sequence_length"], cfg["mask_tokens"]
-    seed_seq = np.random.SeedSequence([cfg["seed"], chunk_index])
-    py_seed, np_seed = seed_seq.generate_state(2)
+    py_seed, np_seed = SeedSequence([cfg["seed"], chunk_index]).generate_state(2)
     rng = random.Random(int(py_seed))
-    gen = np.random.default_rng(int(np_seed))
-    tok = _worker_tokenizer(cfg)
-
-    lines = [line for doc in documents for line in doc]
-    ids, line_len = tok.encode_flat(lines)
+    gen = default_rng(int(np_seed))
+    stats = dict.fromkeys(STAT_KEYS, 0)
+    lines, doc_lines, stats["replaced_bytes"] = read_documents(ranges)
+    flat, line_len = _worker_tokenizer(cfg).encode_flat(lines)  # the chunk's tokens, in order
+    stats["input_tokens"] = int(flat.size)
     # Sentences that tokenise to nothing are dropped (Google keeps only non-empty ones).
-    doc_spans, sentence = [], 0
     kept = line_len > 0
-    line_doc_end = np.cumsum([len(doc) for doc in documents])
-    kept_before = np.concatenate([[0], np.cumsum(kept)])[line_doc_end]
-    for count in np.diff(np.concatenate([[0], kept_before])).tolist():
+    kept_before = np.concatenate([[0], np.cumsum(kept)])[np.cumsum(doc_lines, dtype=np.int64)]
+    doc_spans, sentence = [], 0
+    for count in np.diff(kept_before, prepend=0).tolist():
         if count:
             doc_spans.append((sentence, count))
             sentence += count
-    stats = dict.fromkeys(STAT_KEYS, 0)
     stats["documents"] = len(doc_spans)
-    if not doc_spans:
-        return b"", np.zeros(0, np.int64), stats
     sent_len = line_len[kept]
-    flat = ids  # all tokens of the chunk, documents in order (empty lines contribute none)
     sent_start = np.concatenate([[0], np.cumsum(sent_len)])
-    sent_len_list, sent_start_list = sent_len.tolist(), sent_start.tolist()
-    stats["input_tokens"] = int(flat.size)
-
+    sent_lengths, sent_starts = sent_len.tolist(), sent_start.tolist()
+    seq, short = cfg["sequence_length"], cfg["short_seq_prob"]
     pairs = []
-    for _ in range(cfg["duplication_factor"]):
-        pairs += _segment_pairs(
-            doc_spans, sent_len_list, sent_start_list, seq, cfg["short_seq_prob"], rng
-        )
+    for _ in range(cfg["duplication_factor"] if doc_spans else 0):
+        pairs += _segment_pairs(doc_spans, sent_lengths, sent_starts, seq, short, rng)
     if not pairs:
-        return b"", np.zeros(0, np.int64), stats
-    p = np.asarray(pairs, np.int64)
-    a_lo, a_hi = sent_start[p[:, 0]], sent_start[p[:, 1]]
-    b_lo, b_hi = sent_start[p[:, 2]], sent_start[p[:, 3]]
-    is_random = p[:, 4].astype(bool)
-    la, lb = a_hi - a_lo, b_hi - b_lo
+        return np.zeros(0, np.uint8), np.zeros(0, np.int64), stats
+    # The final shuffle, applied to the pair list: every [n, seq] matrix is built in final order.
+    pairs = np.asarray(pairs, np.int64)[gen.permutation(len(pairs))]
+    features = _instances(
+        flat, sent_start[pairs[:, :4]], pairs[:, 4].astype(bool), cfg, rng, gen, stats
+    )
+    shards = cfg["num_shards"]
+    if shards > 1:  # written grouped by output file (the same records as with one output)
+        n = len(pairs)
+        order = np.concatenate([np.arange(r, n, shards) for r in range(shards)])
+        features = [(name, v[order], None if c is None else c[order]) for name, v, c in features]
+    data, lengths = records.encode_records(features, len(pairs))
+    return data, lengths, stats
+
+
+def _instances(flat, bounds, is_random, cfg, rng, gen, stats):
+    """Truncated, masked instances as TFRecord features (see `records.encode_records`).
+
+    Args:
+      flat: the chunk's token ids, int32 [tokens].
+      bounds: token offsets [n, 4] of A's start and end, then B's start and end.
+      is_random: bool [n], B is a random segment (the NSP label).
+      stats: dict, instance counts are added to it.
+    Returns:
+      list of (feature name, values [n, width], row lengths or None).
+    """
+    seq, P = cfg["sequence_length"], cfg["mask_tokens"]
+    n = len(bounds)
+    a_lo, b_lo = bounds[:, 0], bounds[:, 2]
+    la, lb = bounds[:, 1] - a_lo, bounds[:, 3] - b_lo
     cut_a, cut_b = _truncation_cuts(la, lb, seq - 3)
     front_a, front_b = gen.binomial(cut_a, 0.5), gen.binomial(cut_b, 0.5)
-    a_lo, b_lo = a_lo + front_a, b_lo + front_b
     # int32 from here on: the [n, seq] matrices are the bulk of the work (half the memory traffic).
-    a_lo, b_lo = a_lo.astype(np.int32), b_lo.astype(np.int32)
+    a_lo, b_lo = (a_lo + front_a).astype(np.int32), (b_lo + front_b).astype(np.int32)
     la, lb = (la - cut_a).astype(np.int32), (lb - cut_b).astype(np.int32)
-    n = len(p)
-
-    # Token matrix [n, seq]: [CLS] A [SEP] B [SEP] then padding.
-    j = np.arange(seq, dtype=np.int32)[None, :]
-    la_, lb_ = la[:, None], lb[:, None]
     length = la + lb + 3
-    in_a = (j >= 1) & (j <= la_)
-    in_b = (j >= la_ + 2) & (j <= la_ + lb_ + 1)
-    src = np.where(in_a, a_lo[:, None] + j - 1, np.where(in_b, b_lo[:, None] + j - la_ - 2, 0))
-    sep = (j == la_ + 1) | (j == la_ + lb_ + 2)
+
+    # Token matrix [n, seq]: [CLS] A [SEP] B [SEP] then padding, gathered from the chunk's tokens
+    # (index flat.size is a 0 appended for padding; the three special slots are set afterwards).
+    j = np.arange(seq, dtype=np.int32)[None, :]
     real = j < length[:, None]
-    original = np.where(in_a | in_b, flat[src], 0)
-    original = np.where(j == 0, cfg["cls_id"], np.where(sep, cfg["sep_id"], original))
-    segment = ((j >= la_ + 2) & real).astype(np.int32)
+    src = np.where(j <= la[:, None], (a_lo - 1)[:, None], (b_lo - la - 2)[:, None]) + j
+    original = np.concatenate([flat, np.zeros(1, flat.dtype)])[np.where(real, src, flat.size)]
+    rows = np.arange(n)
+    original[:, 0] = cfg["cls_id"]
+    original[rows, la + 1] = cfg["sep_id"]
+    original[rows, length - 1] = cfg["sep_id"]
+    segment = (j >= (la + 2)[:, None]) & real
 
     # Masking: which positions, then the 80/10/10 replacement.
-    cand = real & (j >= 1) & ~sep
-    k = np.minimum(P, np.maximum(1, np.rint(length * cfg["mlm_prob"]).astype(np.int64)))
+    k = np.minimum(P, np.maximum(1, np.rint(length * cfg["mlm_prob"]).astype(np.int32)))
     k = np.minimum(np.maximum(k, length - seq + P), length - 3)
     if cfg["whole_word_masking"]:
-        chosen = np.full((n, P), seq, np.int64)
+        sep = (j == la[:, None] + 1) | (j == length[:, None] - 1)
+        cand = real & (j >= 1) & ~sep
+        positions = np.full((n, P), seq, np.int32)
         for r in range(n):
             picks = _whole_word_choice(original[r], length[r], cand[r], k[r], cfg["is_cont"], rng)
-            chosen[r, : len(picks)] = picks
-        k = (chosen < seq).sum(axis=1)
+            positions[r, : len(picks)] = picks
+        k = (positions < seq).sum(axis=1)
     else:
-        keys = np.where(cand, gen.random((n, seq), np.float32), np.float32(2.0))
-        smallest = np.argpartition(keys, P - 1, axis=1)[:, :P]
-        order = np.argsort(np.take_along_axis(keys, smallest, axis=1), axis=1)
-        chosen = np.take_along_axis(smallest, order, axis=1)
-        chosen = np.where(np.arange(P)[None, :] < k[:, None], chosen, seq)
-    positions = np.sort(chosen, axis=1)  # real positions first, ascending; empty slots = seq
+        # A uniform k-subset of the la + lb candidates (Floyd's algorithm, vectorised over rows),
+        # mapped to positions: candidate q is position q + 1 in A, q + 2 in B (after the first [SEP]).
+        chosen = _random_subsets(la + lb, k, P, gen)
+        positions = np.where(chosen < la[:, None], chosen + 1, chosen + 2)
+        positions = np.where(np.arange(P)[None, :] < k[:, None], positions, seq)
+    positions = np.sort(positions, axis=1)  # real positions first, ascending; empty slots = seq
     valid = positions < seq
-    pos_safe = np.where(valid, positions, 0)
-    labels = np.where(valid, np.take_along_axis(original, pos_safe, axis=1), 0)
+    labels = np.where(valid, np.take_along_axis(original, np.where(valid, positions, 0), axis=1), 0)
     draw = gen.random((n, P))
-    random_ids = gen.integers(0, cfg["vocab_size"], (n, P))
+    random_ids = gen.integers(0, cfg["vocab_size"], (n, P), dtype=np.int32)
     replacement = np.where(draw < 0.8, cfg["mask_id"], np.where(draw < 0.9, labels, random_ids))
     input_ids = original.copy()
-    rows = np.broadcast_to(np.arange(n)[:, None], (n, P))
-    input_ids[rows[valid], positions[valid]] = replacement[valid]
-
-    perm = gen.permutation(n)
-    input_ids, original, segment, real = input_ids[perm], original[perm], segment[perm], real[perm]
-    positions, valid, labels, k = positions[perm], valid[perm], labels[perm], k[perm]
-    is_random, length = is_random[perm], length[perm]
+    input_ids[rows[:, None].repeat(P, axis=1)[valid], positions[valid]] = replacement[valid]
 
     stats["instances"] = n
     stats["real_tokens"] = int(length.sum())
     stats["masked"] = int(valid.sum())
-    stats["mask_token"] = int(((draw[perm] < 0.8) & valid).sum())
-    stats["kept"] = int(((draw[perm] >= 0.8) & (draw[perm] < 0.9) & valid).sum())
+    stats["mask_token"] = int(((draw < 0.8) & valid).sum())
+    stats["kept"] = int(((draw >= 0.8) & (draw < 0.9) & valid).sum())
     stats["random_token"] = stats["masked"] - stats["mask_token"] - stats["kept"]
     stats["random_next"] = int(is_random.sum())
 
     weights = valid.astype(np.float32)
-    nsp = is_random.astype(np.int64)
-    full = np.full(n, seq)
-    P_rows = np.full(n, P)
     if cfg["remask"]:
         features = _remask_features(input_ids, segment, real, positions, valid, labels, k, cfg)
-        features += [("masked_lm_weights", weights.reshape(-1), P_rows)]
+        features += [("masked_lm_weights", weights, None)]
     else:
         features = [
-            ("input_ids", input_ids.reshape(-1), full),
-            ("input_mask", real.astype(np.int64).reshape(-1), full),
-            ("segment_ids", segment.reshape(-1), full),
-            ("masked_lm_positions", np.where(valid, positions, 0).reshape(-1), P_rows),
-            ("masked_lm_ids", labels.reshape(-1), P_rows),
-            ("masked_lm_weights", weights.reshape(-1), P_rows),
+            ("input_ids", input_ids, None),
+            ("input_mask", real, None),
+            ("segment_ids", segment, None),
+            ("masked_lm_positions", np.where(valid, positions, 0), None),
+            ("masked_lm_ids", labels, None),
+            ("masked_lm_weights", weights, None),
         ]
-    features.append(("next_sentence_labels", nsp, np.ones(n, np.int64)))
-    buffer, lengths = records.encode_examples(features, n)
-    data, framed = records.frame_records(buffer, lengths)
-    return data, framed, stats
+    return features + [("next_sentence_labels", is_random[:, None], None)]
+
+
+def _random_subsets(count, k, width, gen):
+    """Uniform random k-subsets of range(count), one per row (Floyd's algorithm, vectorised over rows).
+
+    Args:
+      count: int [n], the size of each row's set (count >= k).
+      k: int [n], how many to choose in each row (k <= width).
+      width: columns of the result.
+      gen: np.random.Generator.
+    Returns:
+      int32 [n, width]: row r holds its k[r] distinct choices first (in no particular order), then
+      count[r] (never a choice).
+    """
+    # Step i draws uniformly from range(bound_i + 1), bound_i = count - k + i; a value already taken
+    # is replaced by bound_i itself, which no earlier step could take.
+    n = count.shape[0]
+    bound = (count - k)[:, None] + np.arange(width, dtype=np.int32)  # [n, width]
+    chosen = (gen.random(bound.shape) * (bound + 1)).astype(np.int32)
+    taken = np.zeros((n, int(bound.max()) + 1), bool)  # [n, values]
+    rows = np.arange(n)
+    for i in range(width):
+        pick = np.where(taken[rows, chosen[:, i]], bound[:, i], chosen[:, i])
+        chosen[:, i] = pick
+        taken[rows, pick] = True
+    return np.where(np.arange(width) < k[:, None], chosen, count[:, None])
 
 
 def _remask_features(input_ids, segment, real, positions, valid, labels, k, cfg):
@@ -347,17 +465,15 @@ def _remask_features(input_ids, segment, real, positions, valid, labels, k, cfg)
     ids = np.where(filled, np.take_along_axis(input_ids, src, axis=1), 0)
     seg = np.where(filled, np.take_along_axis(segment, src, axis=1), 0)
     position = np.where(filled, src, cfg["pad_position_value"])
-    row = np.ones(n, np.int64)
-    full = np.full(n, seq)
     return [
-        ("input_ids", ids.reshape(-1), full),
-        ("input_position", position.reshape(-1), full),
-        ("segment_ids", seg.reshape(-1), full),
-        ("mask_padding_index", k, row),
-        ("seq_padding_index", P + n_rest, row),
-        ("masked_lm_positions", positions[valid], k),
-        ("masked_labels", labels.reshape(-1), np.full(n, P)),
-        ("masked_lm_ids", labels.reshape(-1), np.full(n, P)),
+        ("input_ids", ids, None),
+        ("input_position", position, None),
+        ("segment_ids", seg, None),
+        ("mask_padding_index", k[:, None], None),
+        ("seq_padding_index", (P + n_rest)[:, None], None),
+        ("masked_lm_positions", positions, k),
+        ("masked_labels", labels, None),
+        ("masked_lm_ids", labels, None),
     ]
 
 
@@ -371,9 +487,21 @@ def _worker_tokenizer(cfg):
     return _TOKENIZER[key]
 
 
-def _worker_init():
-    # Each worker tokenises its own chunk; Rust threads inside each worker would only contend.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+def _keep_freed_memory():
+    """Asks glibc's malloc to keep freed memory instead of returning it to the OS.
+
+    Every chunk allocates and frees the same NumPy temporaries (a few MB each); returned to the OS, they
+    are faulted back in page by page for the next chunk, which costs more than the arithmetic on them.
+    No-op where mallopt is missing (other C libraries).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        # M_TRIM_THRESHOLD: never trim the heap below 1 GB; M_MMAP_THRESHOLD: blocks up to 32 MB
+        # (the most it allows) come from the heap, not from mmap.
+        libc.mallopt(-1, 1 << 30)
+        libc.mallopt(-3, 1 << 25)
+    except (OSError, AttributeError):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,8 +540,8 @@ def build_parser():
         prog="create_pretraining_data.py",
         description=__doc__.split("\n\n")[0]
         + " Memory is bounded by chunks, not by corpus size x duplication factor: each worker holds one "
-        "chunk (about 40x --chunk-size-mb of RAM at seq 128 and duplication 5) and at most "
-        "2 x --num-workers finished chunks wait to be written.",
+        "chunk (about 60-80x --chunk-size-mb of RAM at seq 128 and duplication 5, plus its tokenizer "
+        "cache) and at most 2 x --num-workers finished chunks wait on disk to be written.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a = parser.add_argument
@@ -459,11 +587,12 @@ def _format_summary(stats, seconds, seq, outputs):
     return "\n".join(lines)
 
 
-def _chunk_config(args, tok):
+def _chunk_config(args, tok, num_shards):
     """The plain dict every worker needs to build a chunk (picklable, no open handles)."""
-    is_cont = np.zeros(max(tok.inv_vocab) + 1, bool)
-    for token, index in tok.vocab.items():
-        is_cont[index] = token.startswith("##")
+    is_cont = None
+    if args.whole_word_masking:
+        is_cont = np.zeros(max(tok.inv_vocab) + 1, bool)
+        is_cont[[i for t, i in tok.vocab.items() if t.startswith("##")]] = True
     return {
         "vocab_file": args.vocab_file,
         "do_lower_case": args.do_lower_case,
@@ -481,42 +610,108 @@ def _chunk_config(args, tok):
         "cls_id": tok.vocab["[CLS]"],
         "sep_id": tok.vocab["[SEP]"],
         "mask_id": tok.vocab["[MASK]"],
+        "num_shards": num_shards,
     }
 
 
-def _ordered_results(chunks, cfg, num_workers):
-    """Yields (chunk text size, build_chunk result) in chunk order, at most 2 x workers in flight."""
+def _ordered_results(chunks, cfg, num_workers, scratch_dir):
+    """Yields (chunk text size, chunk bytes, record lengths, stats) in chunk order.
+
+    With several workers (forked processes, each fed at most 2 chunks at a time), a worker hands its
+    chunk's bytes over as a file in `scratch_dir` (its path instead of the bytes): megabytes through a
+    pipe would make the worker wait for the main process to read them.
+    """
     if num_workers <= 1:
-        for index, documents in enumerate(chunks):
-            yield _text_size(documents), build_chunk(index, documents, cfg)
+        for index, ranges in enumerate(chunks):
+            yield _size(ranges), *build_chunk(index, ranges, cfg)
         return
-    pool = multiprocessing.get_context("fork").Pool(num_workers, initializer=_worker_init)
+    workers = _start_workers(num_workers, cfg, scratch_dir)
+    finished = False
     try:
-        pending = deque()
-        for index, documents in enumerate(chunks):
-            pending.append(
-                (_text_size(documents), pool.apply_async(build_chunk, (index, documents, cfg)))
-            )
-            if len(pending) >= 2 * num_workers:
-                size, result = pending.popleft()
-                yield size, result.get()
-        while pending:
-            size, result = pending.popleft()
-            yield size, result.get()
-        pool.close()
-        pool.join()
+        busy = {conn: 0 for _, conn in workers}  # chunks sent to each worker and not yet returned
+        sizes, done, next_out = {}, {}, 0
+        for index, ranges in itertools.chain(enumerate(chunks), [(None, None)]):
+            while index is None or min(busy.values()) >= 2:  # wait for a result
+                if next_out in done:
+                    yield sizes.pop(next_out), *done.pop(next_out)
+                    next_out += 1
+                    continue
+                if index is None and not sizes:
+                    break
+                for conn in multiprocessing.connection.wait(list(busy)):
+                    chunk, result = _receive(conn)
+                    done[chunk] = result
+                    busy[conn] -= 1
+            if index is None:
+                break
+            conn = min(busy, key=busy.get)
+            conn.send((index, ranges))
+            busy[conn] += 1
+            sizes[index] = _size(ranges)
+        for _, conn in workers:
+            conn.send(None)  # no more work: the worker returns
+        finished = True
     finally:
-        pool.terminate()
+        for process, conn in workers:
+            if not finished:  # an error, an interrupt or --max-samples reached: stop now
+                process.terminate()
+            process.join()
+            conn.close()
 
 
-def _text_size(documents):
-    return sum(len(line) + 1 for doc in documents for line in doc)
+def _start_workers(num_workers, cfg, scratch_dir):
+    """Forks the worker processes: [(process, connection to it)]."""
+    context = multiprocessing.get_context("fork")
+    # Objects made so far (vocab, tokenizer) are shared with the forked workers; frozen, the workers'
+    # garbage collector does not write to them, so their memory pages are not copied.
+    gc.freeze()
+    workers = []
+    try:
+        for _ in range(num_workers):
+            conn, child_conn = context.Pipe()
+            process = context.Process(
+                target=_worker_loop, args=(child_conn, cfg, scratch_dir), daemon=True
+            )
+            process.start()
+            child_conn.close()
+            workers.append((process, conn))
+    finally:
+        gc.unfreeze()
+    return workers
+
+
+def _worker_loop(conn, cfg, scratch_dir):
+    """A worker: builds the chunks it is sent, writes each to a file, returns (index, result)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    _keep_freed_memory()
+    while (task := conn.recv()) is not None:
+        index, ranges = task
+        try:
+            data, lengths, stats = build_chunk(index, ranges, cfg)
+            path = os.path.join(scratch_dir, f"chunk-{index}")
+            with open(path, "wb") as f:
+                f.write(data)
+            conn.send((index, (path, lengths, stats)))
+        except Exception as error:  # the main process re-raises it
+            conn.send((index, error))
+
+
+def _receive(conn):
+    try:
+        index, result = conn.recv()
+    except EOFError:
+        raise RuntimeError("a worker process died unexpectedly (out of memory?)") from None
+    if isinstance(result, Exception):
+        raise result
+    return index, result
+
+
+def _size(ranges):
+    return sum(end - start for _, start, end in ranges)
 
 
 def run(args):
     """Runs the whole conversion; returns the stats dict (also printed as a summary)."""
-    from tqdm import tqdm
-
     start = time.time()
     _check_args(args)
     files = expand_inputs(args.input_file)
@@ -527,31 +722,35 @@ def run(args):
     tok = FullTokenizer(args.vocab_file, args.do_lower_case)
     check_casing(tok.vocab, args.do_lower_case, args.vocab_file)
     _TOKENIZER[(args.vocab_file, args.do_lower_case)] = tok  # forked workers inherit it
-    cfg = _chunk_config(args, tok)
-    _ReplacementCounter.count = 0
+    cfg = _chunk_config(args, tok, len(outputs))
     temps = [f"{path}.tmp-{os.getpid()}" for path in outputs]
     stats = dict.fromkeys(STAT_KEYS, 0)
     try:
         with contextlib.ExitStack() as stack:
             handles = [stack.enter_context(open(t, "wb")) for t in temps]
-            progress = stack.enter_context(
-                tqdm(total=total_bytes, unit="B", unit_scale=True, disable=args.quiet, desc="text")
-            )
-            chunks = read_chunks(files, int(args.chunk_size_mb * 2**20))
+            scratch = None  # workers hand finished chunks over as files here
+            if args.num_workers > 1:
+                scratch = stack.enter_context(
+                    tempfile.TemporaryDirectory(
+                        prefix=".chunks-", dir=os.path.dirname(temps[0]) or "."
+                    )
+                )
+            progress = stack.enter_context(_progress_bar(total_bytes, args.quiet))
+            chunks = plan_chunks(files, int(args.chunk_size_mb * 2**20))
             results = stack.enter_context(
-                contextlib.closing(_ordered_results(chunks, cfg, args.num_workers))
+                contextlib.closing(_ordered_results(chunks, cfg, args.num_workers, scratch))
             )
-            for size, (data, lengths, chunk_stats) in results:
+            for size, data, lengths, chunk_stats in results:
                 progress.update(size)
+                keep = len(lengths)
                 if args.max_samples >= 0:
-                    lengths = lengths[: max(args.max_samples - stats["instances"], 0)]
-                    chunk_stats["instances"] = len(lengths)
-                _write_round_robin(handles, data, lengths, stats["instances"])
+                    keep = min(keep, max(args.max_samples - stats["instances"], 0))
+                    chunk_stats["instances"] = keep
+                _write_chunk(handles, data, lengths, stats["instances"], keep)
                 for key in STAT_KEYS:
                     stats[key] += chunk_stats[key]
                 if 0 <= args.max_samples <= stats["instances"]:
                     break
-            progress.update(max(total_bytes - progress.n, 0))  # it counts characters of text
         if stats["documents"] == 0:
             raise UserError(f"input has no text (only blank lines): {args.input_file}")
         for temp, path in zip(temps, outputs):
@@ -562,27 +761,64 @@ def run(args):
         for temp in temps:
             if os.path.exists(temp):
                 os.remove(temp)
-    stats["replaced_bytes"] = _ReplacementCounter.count
     stats["seconds"] = time.time() - start
     print(_format_summary(stats, stats["seconds"], args.sequence_length, outputs), file=sys.stderr)
     return stats
 
 
-def _write_round_robin(handles, data, lengths, first_index):
-    """Record i (global index first_index + i) goes to output (first_index + i) % len(handles)."""
-    if len(handles) == 1:
-        handles[0].write(memoryview(data)[: int(lengths.sum())])
+def _progress_bar(total_bytes, quiet):
+    if quiet:  # tqdm's import alone takes tens of milliseconds
+        return contextlib.nullcontext(types.SimpleNamespace(update=lambda n: None))
+    from tqdm import tqdm
+
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, desc="text")
+
+
+def _write_chunk(handles, data, lengths, first_index, keep):
+    """Writes a chunk's first `keep` records; record i goes to output (first_index + i) % len(handles).
+
+    Args:
+      data: the chunk's bytes (an array), or the path of a file holding them (then deleted).
+      lengths: byte length of each record, records grouped by index modulo len(handles) (`build_chunk`).
+    """
+    shards, n = len(handles), len(lengths)
+    ends = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    parts, first = [], 0  # (output, start, stop) byte ranges of the chunk
+    for r in range(shards):
+        kept = len(range(r, keep, shards))
+        if kept:
+            parts.append((handles[(first_index + r) % shards], ends[first], ends[first + kept]))
+        first += len(range(r, n, shards))
+    if not isinstance(data, str):
+        for handle, start, stop in parts:
+            handle.write(memoryview(data)[start:stop])
         return
-    view = memoryview(data)
-    offset = 0
-    for i, length in enumerate(lengths.tolist()):
-        handles[(first_index + i) % len(handles)].write(view[offset : offset + length])
-        offset += length
+    with open(data, "rb") as source:
+        for handle, start, stop in parts:
+            handle.flush()
+            _copy_range(source, handle, start, stop)
+    os.remove(data)
+
+
+def _copy_range(source, target, start, stop):
+    """Appends source[start:stop] to target, inside the kernel where it can."""
+    try:
+        while start < stop:
+            copied = os.copy_file_range(source.fileno(), target.fileno(), stop - start, start)
+            if not copied:
+                break
+            start += copied
+    except (AttributeError, OSError):
+        pass  # no copy_file_range here: copy the rest by hand
+    if start < stop:
+        source.seek(start)
+        target.write(source.read(stop - start))
 
 
 @cli_main
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    _keep_freed_memory()
     run(args)
 
 

@@ -5,12 +5,14 @@ Two layouts (REFERENCE_APP.md §4.3):
   * remask ("static mask"): masked tokens first, with `input_position`, `mask_padding_index`,
     `seq_padding_index`, `masked_labels` (and the variable-length `masked_lm_positions`).
 
-`encode_examples` serialises many `tf.train.Example`s at once with NumPy (protobuf wire format written
-directly), and `frame_records` adds TFRecord framing (length, masked CRC32C). Importing TensorFlow costs
-seconds per worker process, so the data tools never do; `tests/test_records.py` proves that TensorFlow parses
-what is written here. `parse_spec` (which does import TensorFlow) is for readers.
+`encode_records` serialises many `tf.train.Example`s at once with NumPy (protobuf wire format written
+directly) and frames them as TFRecords (length, masked CRC32C). Importing TensorFlow costs
+seconds per worker process, so the data tools never do; tests/test_create_pretraining_data.py proves that
+the bytes equal a plain protobuf encoding and that TensorFlow parses them. `parse_spec` (which does import
+TensorFlow) is for readers.
 """
 
+import functools
 import struct
 
 import google_crc32c
@@ -82,126 +84,142 @@ def parse_spec(seq_length, mask_tokens, remask):
 
 
 # ---------------------------------------------------------------------------------------------
-# Protobuf wire format, vectorised over records.
-
-
-def _unsigned(values):
-    """The narrowest unsigned view that holds the values (less memory traffic than uint64)."""
-    values = np.asarray(values)
-    top = int(values.max()) if values.size else 0
-    return values.astype(np.uint32 if top < 2**32 else np.uint64, copy=False), top
-
-
-def _varint_sizes(values):
-    """Bytes taken by each non-negative value as a protobuf varint."""
-    v, top = _unsigned(values)
-    sizes = np.ones(v.shape, np.int64)
-    k = 1
-    while k < 10 and top >= 1 << (7 * k):
-        sizes += v >= v.dtype.type(1 << (7 * k))
-        k += 1
-    return sizes
-
-
-def _varints(values):
-    """Varint encoding of a 1-D array of non-negative ints: (flat uint8 bytes, size of each value)."""
-    if values.size and values.min() < 0:
-        raise ValueError("negative int64 features are not supported by this writer")
-    v, top = _unsigned(values)
-    v = v.reshape(-1)
-    if top < 1 << 7:
-        return v.astype(np.uint8), np.ones(v.shape, np.int64)
-    width = 1
-    while width < 10 and top >= 1 << (7 * width):
-        width += 1
-    sizes = _varint_sizes(v)
-    # Byte k of each value: 7 bits, with the continuation bit when more bytes follow; then keep the
-    # first `size` bytes of each row of the [n, width] table (row-major order = wire order).
-    table = np.empty((v.size, width), np.uint8)
-    for k in range(width):
-        group = (v >> v.dtype.type(7 * k)) & v.dtype.type(0x7F)
-        table[:, k] = group | ((sizes > k + 1) * 0x80).astype(v.dtype)
-    return table[np.arange(width)[None, :] < sizes[:, None]], sizes
-
-
-def _ragged_concat(segments, n):
-    """Row-wise concatenation of ragged byte segments.
-
-    Args:
-      segments: list of (flat uint8 array, per-row lengths [n]) pairs; row r of the result is segment 0's
-        row r, then segment 1's row r, and so on.
-      n: number of rows.
-    Returns:
-      (flat uint8 buffer, per-row lengths [n]).
-    """
-    lengths = np.stack([lens for _, lens in segments], axis=1)  # [n, m]
-    row_len = lengths.sum(axis=1)
-    total = int(row_len.sum())
-    index = np.int32 if total < 2**31 else np.int64  # half the memory traffic when it fits
-    starts = (np.cumsum(lengths.reshape(-1)) - lengths.reshape(-1)).reshape(n, -1).astype(index)
-    out = np.empty(total, np.uint8)
-    for j, (flat, lens) in enumerate(segments):
-        if flat.size == 0:
-            continue
-        # Destination of byte b of row r = starts[r, j] + b: shift each row's block as a whole.
-        seg_starts = (np.cumsum(lens) - lens).astype(index)
-        shift = np.repeat(starts[:, j] - seg_starts, lens)
-        shift += np.arange(flat.size, dtype=index)
-        out[shift] = flat
-    return out, row_len
+# Protobuf wire format and TFRecord framing, vectorised over records.
+#
+# A record is built as a row of byte columns: each piece (constant header bytes, varints, float bytes) is a
+# uint8 matrix [n, c] with an optional "keep" mask [n, c] (varints and variable-length rows use fewer bytes
+# than their column count). The rows of all pieces side by side, with the unkept bytes dropped, are the
+# records back to back: one compression writes every byte once.
 
 
 def _const(data, n):
-    flat = np.frombuffer(bytes(data), np.uint8)
-    return np.tile(flat, n), np.full(n, flat.size, np.int64)
+    """Constant bytes in every row: (read-only view [n, len(data)], keep None)."""
+    return np.broadcast_to(np.frombuffer(bytes(data), np.uint8), (n, len(data))), None
 
 
-def _sized(lengths):
-    """Bytes of a length-delimited field whose content has `lengths` bytes: tag + varint + content."""
-    return 1 + _varint_sizes(lengths) + lengths
-
-
-def encode_examples(features, n):
-    """Serialises `n` tf.train.Example protos.
-
-    All nested message lengths are computed arithmetically first; then each record is one row-wise
-    concatenation of small per-feature headers and the feature payloads (one pass over the payload bytes).
+def _varint_columns(values, row_lengths=None):
+    """Protobuf varints of a matrix of non-negative ints, row by row.
 
     Args:
-      features: ordered list of (name, values, row_lengths) where values is a flat array (int64-able
-        non-negative ints, or float32 for FLOAT_FEATURES) holding every row's values back to back, and
-        row_lengths [n] the number of values in each row.
-      n: number of records.
+      values: int array [n, w].
+      row_lengths: None (every row has w values) or int [n]: row r holds values[r, :row_lengths[r]].
     Returns:
-      (flat uint8 buffer of all serialised Examples, per-record byte lengths [n]).
+      (bytes uint8 [n, w * width], keep bool [n, w * width] or None when every byte is kept,
+      byte count of each row int64 [n]); width (bytes per value) is at least the most any value needs.
     """
-    headers, payloads, item_lengths = [], [], []
-    for name, values, row_lengths in features:
-        row_lengths = np.asarray(row_lengths, np.int64)
-        if name in FLOAT_FEATURES:
-            payload = (np.asarray(values, "<f4").view(np.uint8).reshape(-1), row_lengths * 4)
-            list_tag = 0x12  # Feature.float_list
+    values = np.asarray(values)
+    n, w = values.shape
+    if values.size and values.min() < 0:
+        raise ValueError("negative int64 features are not supported by this writer")
+    top = int(values.max()) if values.size else 0
+    width = 1
+    while width < 10 and top >> (7 * width):
+        width += 1
+    in_row = None if row_lengths is None else np.arange(w) < np.asarray(row_lengths)[:, None]
+    if width == 1:
+        data = values.view(np.uint8) if values.dtype == bool else values.astype(np.uint8)
+        counts = np.full(n, w, np.int64) if in_row is None else in_row.sum(axis=1)
+        return data, in_row, counts
+    if top < _TABLE_LIMIT:
+        table, present = _varint_table(top)
+        # 4 byte columns per value (the unused ones are not kept): gathering 4-byte items is fast.
+        width = 4
+        data = table.take(values).view(np.uint8).reshape(n, w, width)
+        present = present.take(values).view(bool).reshape(n, w, width)
+    else:
+        data, present = _varint_bytes(values.astype(np.uint64), width)
+    if in_row is not None:
+        present = present & in_row[:, :, None]
+    keep = present.reshape(n, w * width)
+    return data.reshape(n, w * width), keep, keep.view(np.uint8).sum(axis=1, dtype=np.int64)
+
+
+_TABLE_LIMIT = 1 << 21  # values needing at most 3 bytes are looked up in a table
+_TABLES = {}
+
+
+def _varint_bytes(u, width):
+    """(bytes uint8 [..., width], present bool [..., width]) of the varints of unsigned ints `u`."""
+    data = np.empty((*u.shape, width), np.uint8)
+    present = np.empty((*u.shape, width), bool)
+    present[..., 0] = True
+    rest = u
+    for k in range(width):
+        # Byte k holds bits 7k..7k+6 and the continuation bit when higher bits remain.
+        higher = rest >> np.uint8(7)
+        data[..., k] = (rest & np.uint8(0x7F)) | ((higher != 0).astype(np.uint8) << np.uint8(7))
+        if k + 1 < width:
+            present[..., k + 1] = higher != 0
+        rest = higher
+    return data, present
+
+
+def _varint_table(top):
+    """Varint bytes and presence of every value 0..top, 4 bytes each (gathering 4-byte items is fast).
+
+    Built once per process for the next power of two above `top` (vocabulary ids: 32768 entries).
+    Returns:
+      (bytes, present): uint32 [size] each, viewed as 4 uint8 / bool per value; the 4th is never used.
+    """
+    size = 1 << max(top.bit_length(), 7)
+    if size not in _TABLES:
+        data, present = _varint_bytes(np.arange(size, dtype=np.uint32), 4)
+        present[:, 3] = False
+        _TABLES[size] = (data.view(np.uint32).reshape(size), present.view(np.uint32).reshape(size))
+    return _TABLES[size]
+
+
+def _varint(value):
+    """The protobuf varint of one non-negative int, as bytes."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+@functools.cache
+def _entry_header(key, list_tag, packed_len):
+    """Bytes of a `Features.feature` map entry up to its packed values (`packed_len` bytes of them)."""
+    list_len = 1 + len(_varint(packed_len)) + packed_len  # XxxList { packed value = 1 }
+    feature_len = 1 + len(_varint(list_len)) + list_len  # Feature { xxx_list = 2|3 }
+    entry_len = 2 + len(key) + 1 + len(_varint(feature_len)) + feature_len  # entry { key, value }
+    header = b"\x0a" + _varint(entry_len) + bytes([0x0A, len(key)]) + key
+    header += b"\x12" + _varint(feature_len) + bytes([list_tag]) + _varint(list_len)
+    return header + b"\x0a" + _varint(packed_len)
+
+
+def _feature_pieces(name, values, row_lengths):
+    """Pieces of one `Features.feature` map entry for every row, and the entry's size with its tag."""
+    n = values.shape[0]
+    if name in FLOAT_FEATURES:
+        floats = np.ascontiguousarray(values, "<f4")
+        data = floats.view(np.uint8).reshape(n, -1)
+        if row_lengths is None:
+            payload = (data, None)
+            packed_len = np.full(n, data.shape[1], np.int64)
         else:
-            flat, sizes = _varints(np.asarray(values))
-            byte_ends = np.concatenate([[0], np.cumsum(sizes)])[np.cumsum(row_lengths)]
-            payload = (flat, np.diff(np.concatenate([[0], byte_ends])))
-            list_tag = 0x1A  # Feature.int64_list
-        packed_len = payload[1]
-        list_len = _sized(packed_len)  # XxxList { packed value = 1 }
-        feature_len = _sized(list_len)  # Feature { xxx_list = 2|3 }
-        key = name.encode()
-        entry_len = 2 + len(key) + _sized(feature_len)  # map entry { key = 1, value = 2 }
-        item_lengths.append(_sized(entry_len))  # Features { feature = 1 (repeated entry) }
-        parts = [_const([0x0A], n), _varints(entry_len), _const(bytes([0x0A, len(key)]) + key, n)]
-        parts += [_const([0x12], n), _varints(feature_len), _const([list_tag], n)]
-        parts += [_varints(list_len), _const([0x0A], n), _varints(packed_len)]
-        headers.append(_ragged_concat(parts, n))
-        payloads.append(payload)
-    features_len = np.sum(item_lengths, axis=0)
-    segments = [_const([0x0A], n), _varints(features_len)]  # Example { features = 1 }
-    for header, payload in zip(headers, payloads):
-        segments += [header, payload]
-    return _ragged_concat(segments, n)
+            byte_lengths = np.asarray(row_lengths, np.int64) * 4
+            payload = (data, np.arange(data.shape[1]) < byte_lengths[:, None])
+            packed_len = byte_lengths
+        list_tag = 0x12  # Feature.float_list
+    else:
+        data, keep, packed_len = _varint_columns(values, row_lengths)
+        payload = (data, keep)
+        list_tag = 0x1A  # Feature.int64_list
+    key = name.encode()
+    distinct, inverse = np.unique(packed_len, return_inverse=True)
+    headers = [_entry_header(key, list_tag, int(p)) for p in distinct.tolist()]
+    sizes = np.fromiter(map(len, headers), np.int64, len(headers))
+    if len(headers) == 1:  # the usual case: a fixed-length feature
+        header = _const(headers[0], n)
+    else:  # each distinct header once, padded to the longest, then one row per record
+        table = np.zeros((len(headers), sizes.max()), np.uint8)
+        for row, h in zip(table, headers):
+            row[: len(h)] = np.frombuffer(h, np.uint8)
+        header = (table[inverse], (np.arange(table.shape[1]) < sizes[:, None])[inverse])
+    return [header, payload], sizes[inverse] + packed_len  # the entry with its tag and length
 
 
 def _masked_crc(data):
@@ -209,18 +227,84 @@ def _masked_crc(data):
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def frame_records(buffer, lengths):
-    """TFRecord framing of serialised records: returns (bytes, per-record framed lengths)."""
-    view = buffer.tobytes() if isinstance(buffer, np.ndarray) else bytes(buffer)
-    parts = []
-    offset = 0
-    pack_q, pack_i = struct.Struct("<Q").pack, struct.Struct("<I").pack
-    for length in lengths.tolist():
-        header = pack_q(length)
-        data = view[offset : offset + length]
-        parts += (header, pack_i(_masked_crc(header)), data, pack_i(_masked_crc(data)))
-        offset += length
-    return b"".join(parts), np.asarray(lengths, np.int64) + 16
+def _masked_crcs(crc):
+    """TFRecord's CRC masking of uint32 CRCs, vectorised."""
+    crc = crc.astype(np.uint64)
+    return ((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF).astype("<u4")
+
+
+def encode_records(features, n):
+    """Serialises `n` tf.train.Example protos, each framed as a TFRecord (length, CRCs), back to back.
+
+    Args:
+      features: ordered list of (name, values, row_lengths): values [n, width], non-negative ints (int64
+        features) or floats (FLOAT_FEATURES); row_lengths None when every row has `width` values, else
+        int [n] (a variable-length feature: row r holds values[r, :row_lengths[r]]).
+      n: number of records.
+    Returns:
+      (uint8 array: the framed records back to back, i.e. a TFRecord file's bytes;
+      int64 [n]: each framed record's byte length).
+    """
+    if n == 0:
+        return np.zeros(0, np.uint8), np.zeros(0, np.int64)
+    pieces, item_len = [], []
+    for name, values, row_lengths in features:
+        feature, size = _feature_pieces(name, np.asarray(values).reshape(n, -1), row_lengths)
+        pieces += feature
+        item_len.append(size)
+    features_len = np.sum(item_len, axis=0)
+    length, length_keep, length_size = _varint_columns(features_len[:, None])
+    record_len = 1 + length_size + features_len  # Example { features = 1 }
+    # TFRecord framing: uint64 length, masked CRC of those 8 bytes, data, masked CRC of the data
+    # (filled in below, once the data bytes exist).
+    header = np.empty((n, 12), np.uint8)
+    header[:, :8] = record_len.astype("<u8").view(np.uint8).reshape(n, 8)
+    distinct, inverse = np.unique(record_len, return_inverse=True)
+    length_crcs = [_masked_crc(int(x).to_bytes(8, "little")) for x in distinct]
+    header[:, 8:] = np.asarray(length_crcs, "<u4")[inverse].view(np.uint8).reshape(n, 4)
+    pieces = [(header, None), _const([0x0A], n), (length, length_keep), *pieces]
+    pieces.append((np.zeros((n, 4), np.uint8), None))
+    framed = record_len + 16
+    ends = np.cumsum(framed)
+    out = np.empty(int(ends[-1]) if n else 0, np.uint8)
+    # A few hundred records at a time, in one reused byte matrix (and its keep mask) where the constant
+    # pieces are written once: it stays in cache.
+    widths = [data.shape[1] for data, _ in pieces]
+    offsets = np.concatenate([[0], np.cumsum(widths)]).tolist()
+    rows = min(n, _BLOCK_ROWS)
+    matrix = np.empty((rows, offsets[-1]), np.uint8)
+    mask = np.ones((rows, offsets[-1]), bool) if any(k is not None for _, k in pieces) else None
+    varying = []
+    for (data, keep), lo, hi in zip(pieces, offsets[:-1], offsets[1:]):
+        if data.strides[0] == 0 and keep is None:  # a constant (see _const)
+            matrix[:, lo:hi] = data[:rows]
+        else:
+            varying.append((data, keep, lo, hi))
+    crc = google_crc32c.value
+    for first_row in range(0, n, _BLOCK_ROWS):
+        last_row = min(first_row + _BLOCK_ROWS, n)
+        count = last_row - first_row
+        for data, keep, lo, hi in varying:
+            matrix[:count, lo:hi] = data[first_row:last_row]
+            if keep is not None:
+                mask[:count, lo:hi] = keep[first_row:last_row]
+        first = int(ends[first_row] - framed[first_row])
+        dst = out[first : int(ends[last_row - 1])]
+        if mask is None:
+            dst[:] = matrix[:count].reshape(-1)
+        else:
+            # np.compress (indices, then a gather) is several times faster than boolean indexing.
+            np.compress(mask[:count].reshape(-1), matrix[:count].reshape(-1), out=dst)
+        # The data CRC of each record, now that its bytes exist.
+        data = dst.tobytes()
+        starts = (ends[first_row:last_row] - framed[first_row:last_row] + 12 - first).tolist()
+        stops = (ends[first_row:last_row] - 4 - first).tolist()
+        crcs = np.fromiter(map(crc, map(data.__getitem__, map(slice, starts, stops))), np.uint64)
+        dst[np.add.outer(stops, np.arange(4))] = _masked_crcs(crcs).view(np.uint8).reshape(-1, 4)
+    return out, framed
+
+
+_BLOCK_ROWS = 512
 
 
 def read_records(path):

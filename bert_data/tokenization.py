@@ -1,13 +1,14 @@
-"""Google BERT's tokenizer API (`FullTokenizer`), backed by Hugging Face `tokenizers` (Rust).
+"""Google BERT's tokenizer API (`FullTokenizer`) in Python and NumPy, exact and fast on large corpora.
 
 The output equals Google's BasicTokenizer + WordPiece token for token: text cleaning (control characters
 dropped, whitespace normalised), spaces around CJK ideographs, lower-casing with accent stripping when
 `do_lower_case`, splitting on punctuation, then greedy longest-match-first WordPiece with `##` continuations
-and words over 100 characters mapped to [UNK]. Two details of the Rust normaliser differ from Google's
-Python one on rare characters, so lines that contain such characters are normalised here in Python first
-(see `_needs_python_normalizer`), and pure-ASCII lines take an exact, cached word-level path (faster than
-the Rust pipeline on English text); every other line goes straight to Rust. `tests/test_tokenization.py` proves
-equality against an independent plain-Python implementation on real text.
+and words over 100 characters mapped to [UNK]. Text is split on whitespace once (`str.split`, which agrees
+with Google's rule once the control characters it would split on are deleted) and each distinct
+whitespace-delimited piece is tokenised once and cached (Zipf's law: a corpus has few distinct pieces).
+Pure-ASCII pieces take a regex path; other pieces take Google's per-character steps. Expanding the cached
+pieces of a whole batch of texts to ids is vectorised. `tests/test_tokenization.py` proves equality against
+an independent plain-Python implementation on real text.
 """
 
 import itertools
@@ -25,16 +26,14 @@ MAX_INPUT_CHARS_PER_WORD = 100
 # Pure-ASCII text (most of an English corpus) takes a faster exact path: Google's cleaning deletes the ASCII
 # control characters other than tab/newline/CR, and every printable non-alphanumeric ASCII character is
 # punctuation in its definition, so words are runs of letters/digits and single punctuation marks.
-_ASCII_CONTROLS = dict.fromkeys([c for c in range(32) if c not in (9, 10, 13)] + [127])
-_ASCII_WORD = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
-# In other lines, a whitespace-delimited piece holding any non-ASCII character is kept whole (the Rust
-# pipeline basic-tokenises it); the rest is split as above.
-_MIXED_WORD = re.compile(r"\S*[^\x00-\x7f]\S*|[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
-_ASCII_CONTROL_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ASCII_WORD_OR_NUL = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]|\x00")  # NUL: a separator
+# Control characters that Python's str.split() treats as whitespace (or that would hide the separator)
+# while Google deletes them; deleted before splitting. Other control characters are deleted per piece.
+_SPLIT_CONTROLS = dict.fromkeys([c for c in range(32) if c not in (9, 10, 13)] + [127, 0x85])
+_SPLIT_CONTROL_CHAR = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\x7f\x85]")  # and NUL: counted
+# Joins texts: a piece of its own that no text contains (NULs are deleted).
+_SEPARATOR = " \x00 "
 _CACHE_LIMIT = 1_000_000
-# Separators where Python's str.split() and Google's whitespace rule disagree (Google deletes the control
-# characters and keeps U+2028/U+2029 inside words); lines with them skip the word-level path.
-_SPLIT_DISAGREES = re.compile("[\x0b\x0c\x1c-\x1f\x85\u2028\u2029]")
 
 
 def load_vocab(vocab_file):
@@ -48,7 +47,8 @@ def load_vocab(vocab_file):
         lines = f.read().split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line
-    vocab = {token: index for index, token in enumerate(map(str.strip, lines)) if token}
+    vocab = dict(zip(map(str.strip, lines), range(len(lines))))
+    vocab.pop("", None)  # blank lines hold no token (they still count as ids)
     if not vocab:
         raise UserError(f"vocab file is empty: {vocab_file}")
     return vocab
@@ -98,18 +98,6 @@ def _is_google_whitespace(ch):
     return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
 
 
-# Characters whose treatment by the Rust BertNormalizer differs from Google's Python code: Rust drops every
-# "other" (C*) category while Google drops only Cc/Cf; Rust's whitespace test also accepts U+0085, U+2028,
-# U+2029 (Google keeps them as word characters); and accent stripping order differs for a few letters.
-def _needs_python_normalizer(text):
-    for ch in set(text):
-        if ord(ch) > 127 and (
-            ch == "\x85" or unicodedata.category(ch) in ("Co", "Cn", "Cs", "Zl", "Zp")
-        ):
-            return True
-    return False
-
-
 def _google_normalize(text, do_lower_case):
     """Google's cleaning + CJK spacing + (lower-case, strip accents), returning space-separated words."""
     chars = []
@@ -149,6 +137,103 @@ def _is_cjk(cp):
     )
 
 
+def _split_on_punctuation(word):
+    """Google's punctuation split: each punctuation character becomes a word of its own."""
+    out, start = [], 0
+    for i, ch in enumerate(word):
+        cp = ord(ch)
+        if (
+            33 <= cp <= 47
+            or 58 <= cp <= 64
+            or 91 <= cp <= 96
+            or 123 <= cp <= 126
+            or unicodedata.category(ch).startswith("P")
+        ):
+            if start < i:
+                out.append(word[start:i])
+            out.append(ch)
+            start = i + 1
+    if start < len(word):
+        out.append(word[start:])
+    return out
+
+
+def _basic_words(text, do_lower_case):
+    """Google's BasicTokenizer on one text (the slow, general path): list of words."""
+    return [
+        w for word in _google_normalize(text, do_lower_case) for w in _split_on_punctuation(word)
+    ]
+
+
+class _Rows(dict):
+    """key -> row; a key looked up for the first time gets a provisional row -1 - k (noted in `new`)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.new = []
+
+    def __missing__(self, key):
+        row = -1 - len(self.new)
+        self[key] = row
+        self.new.append(key)
+        return row
+
+
+class _IdTable:
+    """A cache of strings -> token ids, as a CSR table so that expanding many strings is vectorised.
+
+    Key "\\x00" (row 0) is a separator with no ids: `expand` counts ids per separated group.
+    """
+
+    def __init__(self):
+        self.row = _Rows({"\x00": 0})
+        self.start = np.zeros(2, np.int64)  # ids of row r: ids[start[r]:start[r + 1]]
+        self.ids = np.zeros(0, np.int32)
+
+    def __len__(self):
+        return len(self.start) - 1
+
+    def rows(self, keys, encode):
+        """Row of each of `keys` (a list), int32 [len(keys)].
+
+        `encode(new keys)` is called once for the keys not cached yet (in order of appearance); it
+        returns (the same keys in any order, then their ids: id lists, or flat ids and per-key counts).
+        """
+        try:
+            rows = np.fromiter(map(self.row.__getitem__, keys), np.int32, len(keys))
+            new, self.row.new = self.row.new, []
+            if new:
+                self._add(*encode(new))
+        except BaseException:  # KeyboardInterrupt too: no provisional row may stay behind
+            self.__init__()  # only a cache: start it again
+            raise
+        if new:
+            final = np.fromiter(map(self.row.__getitem__, new), np.int32, len(new))
+            provisional = rows < 0
+            rows[provisional] = final[-1 - rows[provisional]]
+        return rows
+
+    def _add(self, keys, ids, counts=None):
+        if counts is None:
+            counts = np.fromiter(map(len, ids), np.int64, len(ids))
+            ids = np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(counts.sum()))
+        base = len(self)
+        self.row.update(zip(keys, range(base, base + len(keys))))
+        self.start = np.concatenate([self.start, self.start[-1] + np.cumsum(counts)])
+        self.ids = np.concatenate([self.ids, ids])
+
+    def expand(self, rows):
+        """(ids int32 of all rows back to back, ids per separator-delimited group int64 [groups])."""
+        starts = self.start[rows]
+        lens = self.start[rows + 1] - starts
+        ends = np.cumsum(lens)
+        # ids of row k occupy [starts[k], starts[k] + lens[k]) of the table, back to back.
+        shift = np.repeat(starts - (ends - lens), lens)
+        ids = self.ids[shift + np.arange(shift.size)]
+        group_ends = np.append(ends[rows == 0], ends[-1] if ends.size else 0)
+        return ids, np.diff(group_ends, prepend=0)
+
+
 class FullTokenizer:
     """Google's `FullTokenizer(vocab_file, do_lower_case)`: BasicTokenizer then WordPiece.
 
@@ -164,37 +249,14 @@ class FullTokenizer:
         self.vocab = load_vocab(vocab_file)
         if check_specials:
             check_special_tokens(self.vocab, vocab_file)
-        self.inv_vocab = {i: t for t, i in self.vocab.items()}
+        self.inv_vocab = dict(zip(self.vocab.values(), self.vocab))
         self._unk = "[UNK]" if "[UNK]" in self.vocab else next(iter(self.vocab))
         self.unk_id = self.vocab[self._unk]
-        self._rust = None  # built on first use (pure-ASCII text never needs it)
-        self._reset_cache()  # basic-tokenised word -> WordPiece ids (see _encode_words)
-
-    def _rust_tokenizers(self):
-        """(full pipeline, pre-tokenised pipeline) of Hugging Face `tokenizers` over this vocab."""
-        if self._rust is None:
-            from tokenizers import Tokenizer, normalizers, pre_tokenizers
-            from tokenizers.models import WordPiece
-
-            model = WordPiece(
-                self.vocab,
-                unk_token=self._unk,
-                continuing_subword_prefix="##",
-                max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD,
-            )
-            full = Tokenizer(model)
-            full.normalizer = normalizers.BertNormalizer(
-                clean_text=True,
-                handle_chinese_chars=True,
-                strip_accents=self.do_lower_case,
-                lowercase=self.do_lower_case,
-            )
-            full.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-            # For text normalised here in Python (see _needs_python_normalizer): split + WordPiece.
-            pretokenized = Tokenizer(model)
-            pretokenized.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-            self._rust = (full, pretokenized)
-        return self._rust
+        self._longest = max(map(len, self.vocab))  # no piece of a word is longer
+        # "##" pieces without their "##" (see _word_pieces)
+        self._continuations = {t[2:]: i for t, i in self.vocab.items() if t.startswith("##")}
+        self._hf_wordpiece = None  # built on the first word that is not a vocab entry
+        self._reset_cache()
 
     @property
     def vocab_size(self):
@@ -204,129 +266,132 @@ class FullTokenizer:
         """Greedy longest-match-first WordPiece ids of one basic-tokenised word."""
         if len(word) > MAX_INPUT_CHARS_PER_WORD:
             return [self.unk_id]
-        ids, start, vocab = [], 0, self.vocab
+        pieces = self.vocab
+        whole = pieces.get(word)
+        if whole is not None:
+            return [whole]
+        ids, start, longest = [], 0, self._longest
         while start < len(word):
-            end = len(word)
+            # No vocab entry is longer than the longest one: each search starts there.
+            end = min(len(word), start + longest)
             while end > start:
-                piece = word[start:end] if start == 0 else "##" + word[start:end]
-                if piece in vocab:
-                    ids.append(vocab[piece])
+                found = pieces.get(word[start:end])
+                if found is not None:
                     break
                 end -= 1
-            if end == start:
+            else:
                 return [self.unk_id]
+            ids.append(found)
             start = end
+            pieces = self._continuations
         return ids
-
-    def _encode_words(self, texts):
-        """Exact ids through a per-word cache (words repeat: Zipf's law), as flat arrays.
-
-        A line is split on whitespace exactly as Google splits it (the caller guarantees that); pure-ASCII
-        pieces are basic-tokenised with a regex, other pieces by the Rust pipeline, once per distinct piece.
-        Lower-casing the whole line first is Google's own `str.lower`, so it is exact. The cache is a CSR
-        table (word -> row; row -> WordPiece ids), so expanding words to ids is vectorised.
-
-        Returns:
-          (ids int32 [total], per-text token counts int64 [len(texts)]).
-        """
-        if len(self._word_row) > _CACHE_LIMIT:
-            self._reset_cache()
-        if _ASCII_CONTROL_CHAR.search("".join(texts)):
-            texts = [t.translate(_ASCII_CONTROLS) for t in texts]
-        if self.do_lower_case:
-            texts = [t.lower() for t in texts]
-        word_lists = [(_ASCII_WORD if t.isascii() else _MIXED_WORD).findall(t) for t in texts]
-        words = list(itertools.chain.from_iterable(word_lists))
-        new_words = list(set(words).difference(self._word_row))
-        if new_words:
-            self._add_words(new_words)
-        rows = np.fromiter(map(self._word_row.__getitem__, words), np.int64, len(words))
-        starts = self._piece_start[rows]
-        lens = self._piece_start[rows + 1] - starts
-        # ids of word w occupy [starts[w], starts[w] + lens[w]) of the piece table, back to back.
-        shift = np.repeat(starts - (np.cumsum(lens) - lens), lens)
-        ids = self._piece_ids[shift + np.arange(shift.size)]
-        word_counts = np.fromiter(map(len, word_lists), np.int64, len(word_lists))
-        token_counts = np.zeros(len(texts), np.int64)
-        nonempty = word_counts > 0
-        if nonempty.any():
-            first_word = (np.cumsum(word_counts) - word_counts)[nonempty]
-            token_counts[nonempty] = np.add.reduceat(lens, first_word)
-        return ids, token_counts
-
-    def _reset_cache(self):
-        self._word_row = {}
-        self._piece_ids = np.zeros(0, np.int32)
-        self._piece_start = np.zeros(1, np.int64)
-
-    def _add_words(self, words):
-        """WordPiece ids of new words into the cache (non-ASCII ones through the Rust pipeline)."""
-        non_ascii = [w for w in words if not w.isascii()]
-        rust = dict(
-            zip(
-                non_ascii,
-                self._rust_tokenizers()[0].encode_batch_fast(non_ascii, add_special_tokens=False),
-            )
-        )
-        pieces = [rust[w].ids if w in rust else self._word_pieces(w) for w in words]
-        base = len(self._word_row)
-        self._word_row.update(zip(words, range(base, base + len(words))))
-        lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
-        self._piece_start = np.concatenate(
-            [self._piece_start, self._piece_start[-1] + np.cumsum(lengths)]
-        )
-        new_ids = np.fromiter(itertools.chain.from_iterable(pieces), np.int32, int(lengths.sum()))
-        self._piece_ids = np.concatenate([self._piece_ids, new_ids])
 
     def encode_flat(self, texts):
         """All texts' token ids back to back, and each text's token count.
+
+        Texts are split on whitespace all at once, joined by a separator piece, and each distinct
+        whitespace-delimited piece is encoded once (see `_encode_pieces`).
 
         Returns:
           (ids int32 [total], counts int64 [len(texts)]), the fast form for the data tools.
         """
         texts = list(texts)
-        special = [i for i, t in enumerate(texts) if self._needs_special(t)]
-        if not special:
-            return self._encode_words(texts)
-        lists = self._encode_many(texts)
-        counts = np.fromiter(map(len, lists), np.int64, len(lists))
-        ids = np.fromiter(itertools.chain.from_iterable(lists), np.int32, int(counts.sum()))
-        return ids, counts
+        if not texts:
+            return np.zeros(0, np.int32), np.zeros(0, np.int64)
+        if len(self._pieces) + len(self._words) > _CACHE_LIMIT:
+            self._reset_cache()
+        text = _SEPARATOR.join(texts)
+        if _SPLIT_CONTROL_CHAR.search(text) or text.count("\x00") >= len(texts):
+            text = _SEPARATOR.join([t.translate(_SPLIT_CONTROLS) for t in texts])
+        pieces = text.split()
+        return self._pieces.expand(self._pieces.rows(pieces, self._encode_pieces))
 
-    @staticmethod
-    def _needs_special(text):
-        return not text.isascii() and bool(
-            _SPLIT_DISAGREES.search(text) or _needs_python_normalizer(text)
+    def _reset_cache(self):
+        self._pieces = _IdTable()  # whitespace-delimited piece -> its token ids
+        self._words = _IdTable()  # basic-tokenised word -> its WordPiece ids
+
+    def _encode_pieces(self, pieces):
+        """(the new pieces in another order, their ids, per-piece counts).
+
+        A piece of ASCII letters and digits is one word: its WordPiece ids directly. Other ASCII pieces
+        are lower-cased and basic-tokenised by a regex, all in one pass; non-ASCII pieces by Google's
+        general steps; the words' WordPiece ids then come from the word cache.
+        """
+        lower = self.do_lower_case
+        plain = [p for p in pieces if p.isalnum() and p.isascii()]
+        ascii_pieces = [p for p in pieces if p.isascii() and not p.isalnum()]
+        other = [p for p in pieces if not p.isascii()]
+        plain_ids = self._many_word_pieces(list(map(str.lower, plain)) if lower else plain)
+        words = []
+        if ascii_pieces:
+            text = "\x00".join(ascii_pieces)
+            words = _ASCII_WORD_OR_NUL.findall(text.lower() if lower else text)
+        for i, piece in enumerate(other):
+            if i or ascii_pieces:
+                words.append("\x00")
+            words += _basic_words(piece, lower)
+        ids, counts = np.zeros(0, np.int32), np.zeros(0, np.int64)
+        if words or other:
+            ids, counts = self._words.expand(self._words.rows(words, self._encode_new_words))
+        plain_counts = np.fromiter(map(len, plain_ids), np.int64, len(plain_ids))
+        plain_flat = itertools.chain.from_iterable(plain_ids)
+        ids = np.concatenate([np.fromiter(plain_flat, np.int32, int(plain_counts.sum())), ids])
+        return plain + ascii_pieces + other, ids, np.concatenate([plain_counts, counts])
+
+    def _encode_new_words(self, words):
+        return words, self._many_word_pieces(words)
+
+    def _many_word_pieces(self, words):
+        """WordPiece ids of many basic-tokenised words.
+
+        Whole-word vocab hits are looked up in one C-level pass; the other words go through
+        Hugging Face `tokenizers`' WordPiece model (Rust, the same greedy longest-match-first
+        algorithm with Google's 100-character limit) in one batch.
+        """
+        if self._longest > MAX_INPUT_CHARS_PER_WORD:  # a vocab entry that is too long to match
+            return list(map(self._word_pieces, words))
+        found = list(map(self.vocab.get, words))
+        missing = [w for i, w in zip(found, words) if i is None]
+        if not missing:
+            return [[i] for i in found]
+        split = iter(self._wordpiece_batch(missing))
+        return [next(split) if i is None else [i] for i in found]
+
+    def _wordpiece_batch(self, words):
+        """HF WordPiece ids of `words` (each one pre-tokenised word)."""
+        if self._hf_wordpiece is None:
+            from tokenizers import Tokenizer
+            from tokenizers.models import WordPiece
+
+            self._hf_wordpiece = Tokenizer(
+                WordPiece(
+                    self.vocab,
+                    unk_token=self._unk,
+                    max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD,
+                )
+            )
+        encodings = self._hf_wordpiece.encode_batch(
+            [[w] for w in words], is_pretokenized=True, add_special_tokens=False
         )
+        return [e.ids for e in encodings]
 
     def _encode_many(self, texts):
         """Token-id lists for many texts; same result as one by one."""
-        word_idx = [i for i, t in enumerate(texts) if not self._needs_special(t)]
-        special = [i for i, t in enumerate(texts) if self._needs_special(t)]
-        out = [None] * len(texts)
-        ids, counts = self._encode_words([texts[i] for i in word_idx])
-        for i, chunk in zip(word_idx, np.split(ids, np.cumsum(counts)[:-1])):
-            out[i] = chunk.tolist()
-        if special:
-            words = [_google_normalize(texts[i], self.do_lower_case) for i in special]
-            encs = self._rust_tokenizers()[1].encode_batch_fast(
-                words, is_pretokenized=True, add_special_tokens=False
-            )
-            for i, enc in zip(special, encs):
-                out[i] = enc.ids
-        return out
+        texts = list(texts)
+        ids, counts = self.encode_flat(texts)
+        return [chunk.tolist() for chunk in np.split(ids, np.cumsum(counts)[:-1])] if texts else []
 
     def tokenize(self, text):
         """Returns the WordPiece tokens (strings) of `text`."""
         return self.convert_ids_to_tokens(self._encode_many([text])[0])
 
     def tokenize_batch(self, texts):
-        """Token strings for each of `texts`, computed in one Rust batch."""
-        return [self.convert_ids_to_tokens(ids) for ids in self._encode_many(list(texts))]
+        """Token strings for each of `texts`, computed in one batch."""
+        return [self.convert_ids_to_tokens(ids) for ids in self._encode_many(texts)]
 
     def encode_batch(self, texts):
         """Token ids (lists of int) for each of `texts`; the fast path used by the data tools."""
-        return self._encode_many(list(texts))
+        return self._encode_many(texts)
 
     def convert_tokens_to_ids(self, tokens):
         return [self.vocab[t] for t in tokens]

@@ -1,6 +1,7 @@
 """create_pretraining_data.py: statistics vs the Google algorithm, determinism, layouts, errors."""
 
 import os
+import struct
 import subprocess
 import sys
 
@@ -312,3 +313,249 @@ def test_unwritable_output_directory_even_as_root(tmp_path, small_vocab, monkeyp
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: output directory is not writable: {target}"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast paths, each against a plain reference written here.
+
+
+def _pb_varint(value):
+    out = b""
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out += bytes([byte | (0x80 if value else 0)])
+        if not value:
+            return out
+
+
+def _pb_field(number, payload):
+    """A length-delimited protobuf field (wire type 2)."""
+    return _pb_varint(number << 3 | 2) + _pb_varint(len(payload)) + payload
+
+
+def _reference_tfrecord(example):
+    """One framed TFRecord of a tf.train.Example, byte by byte from the protobuf and TFRecord specs."""
+    import google_crc32c
+
+    features = b""
+    for name, values in example:
+        if isinstance(values[0], float):
+            feature = _pb_field(2, _pb_field(1, struct.pack(f"<{len(values)}f", *values)))
+        else:
+            feature = _pb_field(3, _pb_field(1, b"".join(_pb_varint(v) for v in values)))
+        features += _pb_field(1, _pb_field(1, name.encode()) + _pb_field(2, feature))
+    data = _pb_field(1, features)
+
+    def masked(b):
+        crc = google_crc32c.value(b)
+        return struct.pack("<I", ((crc >> 15 | crc << 17) + 0xA282EAD8) & 0xFFFFFFFF)
+
+    length = struct.pack("<Q", len(data))
+    return length + masked(length) + data + masked(data)
+
+
+def test_encode_records_equals_protobuf_reference():
+    """Every varint width, constant and varying rows, variable-length rows and floats, byte for byte."""
+    from bert_data.records import encode_records
+
+    rng = np.random.default_rng(5)
+    edges = np.array(
+        [0, 1, 127, 128, 16383, 16384, 2**21 - 1, 2**21, 2**28, 2**35, 2**56, 2**63 - 1]
+    )
+    n = 7
+    for trial in range(30):
+        features = []
+        for f in range(int(rng.integers(1, 5))):
+            width = int(rng.integers(1, 6))
+            kind = trial % 4 if f == 0 else int(rng.integers(0, 4))
+            if kind == 0:  # mixed varint widths
+                values = rng.choice(edges[: int(rng.integers(1, edges.size + 1))], (n, width))
+            elif kind == 1:  # vocabulary-like ids (the lookup-table path)
+                values = rng.integers(0, 30522, (n, width)).astype(np.int32)
+            elif kind == 2:
+                values = rng.random((n, width)) < 0.5  # booleans, as input_mask
+            else:
+                values = rng.random((n, width)).astype(np.float32)
+            name = "masked_lm_weights" if kind == 3 else f"feature_{f}"
+            lengths = rng.integers(1, width + 1, n) if rng.random() < 0.3 else None
+            features.append((name, values, lengths))
+        data, framed = encode_records(features, n)
+        expected = []
+        for r in range(n):
+            example = []
+            for name, values, lengths in features:
+                row = values[r] if lengths is None else values[r, : lengths[r]]
+                example.append(
+                    (name, row.tolist() if row.dtype.kind == "f" else list(map(int, row)))
+                )
+            expected.append(_reference_tfrecord(example))
+        assert data.tobytes() == b"".join(expected), trial
+        assert framed.tolist() == [len(e) for e in expected]
+
+
+def _write_text_files(tmp_path):
+    """Files with CRLF, lone CR, whitespace-only lines, no final newline and undecodable bytes."""
+    rng = np.random.default_rng(3)
+    parts = [
+        b"a line.",
+        b"  ",
+        b"",
+        b"\t",
+        "Ünïcödé".encode(),
+        b"x\x0by",
+        b"\x0c",
+        "\u3000".encode(),
+    ]
+    parts += [b"bad \xff\xfe here", b"word word", b"\xe2\x82"]  # the last: a truncated character
+    endings = [b"\n", b"\r\n", b"\r"]
+    paths = []
+    for k in range(5):
+        text = b"".join(parts[i] + endings[j] for i, j in rng.integers(0, [11, 3], (300, 2)))
+        if k == 3:  # one long document: no blank line to cut at
+            text = b"".join(p + b"\n" for p in parts if p.strip()) * 200
+        path = tmp_path / f"text{k}.txt"
+        path.write_bytes(text.rstrip(b"\r\n") if k == 2 else text)
+        paths.append(str(path))
+    return paths
+
+
+def test_planned_chunks_read_the_same_documents(tmp_path):
+    """Byte-range chunks (cut at blank lines) hold exactly the documents the stream reader sees."""
+    files = _write_text_files(tmp_path)
+    for chunk_bytes in (1, 40, 700, 10**9):
+        cpd._ReplacementCounter.count = 0
+        expected = [doc for chunk in cpd.read_chunks(files, chunk_bytes) for doc in chunk]
+        expected_replaced = cpd._ReplacementCounter.count
+        documents, replaced, chunks = [], 0, 0
+        for ranges in cpd.plan_chunks(files, chunk_bytes):
+            lines, doc_lines, count = cpd.read_documents(ranges)
+            bounds = np.cumsum([0, *doc_lines])
+            documents += [lines[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            assert bounds[-1] == len(lines)
+            replaced += count
+            chunks += 1
+        assert documents == expected, chunk_bytes
+        assert replaced == expected_replaced > 0
+        assert chunks > 5 or chunk_bytes == 10**9
+
+
+def test_random_subsets_are_uniform_and_distinct():
+    gen = np.random.default_rng(11)
+    n = 60000
+    chosen = cpd._random_subsets(np.full(n, 5, np.int32), np.full(n, 2, np.int32), 3, gen)
+    assert (chosen[:, 2] == 5).all()
+    pairs = np.sort(chosen[:, :2], axis=1)
+    assert (pairs[:, 0] < pairs[:, 1]).all() and pairs.min() >= 0 and pairs.max() <= 4
+    _, counts = np.unique(pairs, axis=0, return_counts=True)
+    assert len(counts) == 10 and np.abs(counts / (n / 10) - 1).max() < 0.05  # C(5, 2) = 10 subsets
+    count = gen.integers(1, 126, 3000).astype(np.int32)
+    k = np.minimum(count, gen.integers(1, 21, 3000)).astype(np.int32)
+    chosen = cpd._random_subsets(count, k, 20, gen)
+    for row, c, m in zip(chosen, count, k):
+        assert len(set(row[:m].tolist())) == m and row[:m].max() < c and (row[m:] == c).all()
+
+
+def test_shards_are_the_single_output_dealt_round_robin(tmp_path, small_vocab):
+    single, _ = generate(
+        tmp_path, SAMPLE, "one.tfrecord", small_vocab, ["--chunk-size-mb", "0.003"]
+    )
+    shards = f"{tmp_path}/a.tfrecord,{tmp_path}/b.tfrecord,{tmp_path}/c.tfrecord"
+    generate(tmp_path, SAMPLE, shards, small_vocab, ["--chunk-size-mb", "0.003"])
+    records = list(read_records(single))
+    dealt = [list(read_records(p)) for p in shards.split(",")]
+    assert [records[i::3] for i in range(3)] == dealt and len(records) > 100
+
+
+def test_tokenizer_matches_reference_on_random_unicode():
+    """Random strings of hard characters (controls, separators, accents, Greek sigma, CJK) in batches."""
+    from bert_data.tokenization import FullTokenizer
+
+    if not os.path.isfile(VOCAB):
+        pytest.skip("../shared/data (BERT vocab) is not present")
+    pool = list("aAzZ09 .,;'-()") + [
+        "the",
+        "The",
+        "ing",
+        "Σ",
+        "ΑΣ",
+        "İ",
+        "é",
+        "É",
+        "ß",
+        "ﬁ",
+        "\u0301",
+    ]
+    pool += ["\u200b", "\u00ad", "\x00", "\x01", "\x0b", "\x1c", "\x7f", "\x85", "\x9f", "\u2028"]
+    pool += ["\u2029", "\u00a0", "\u3000", "\t", "\n", "\r", "\ufffd", "漢", "の", "😀", "\ue000"]
+    pool += ["\U000e0080", "\u0378", "«", "—", "…", "½", "Ⅻ", "ǅ", "x" * 101]
+    rng = np.random.default_rng(2)
+    texts = ["".join(rng.choice(pool, int(rng.integers(0, 20)))) for _ in range(3000)]
+    texts += ["ñabΣ\ufffdΑΣ9\x9f"]  # Google lower-cases after deleting U+009F: a medial sigma
+    for lower in (True, False):
+        reference = ref.ReferenceTokenizer(VOCAB, lower)
+        ours = FullTokenizer(VOCAB, lower).tokenize_batch(texts)
+        bad = [(t, o) for t, o in zip(texts, ours) if o != reference.tokenize(t)]
+        assert not bad, (len(bad), bad[:3])
+
+
+def test_tokenizer_cache_survives_an_interrupt():
+    """An interrupt while new words are encoded leaves no half-made cache entry behind."""
+    from bert_data.tokenization import FullTokenizer
+
+    if not os.path.isfile(VOCAB):
+        pytest.skip("../shared/data (BERT vocab) is not present")
+    tok = FullTokenizer(VOCAB, True)
+    real, calls = tok._wordpiece_batch, []
+
+    def interrupted(words):
+        calls.append(words)
+        raise KeyboardInterrupt
+
+    tok._wordpiece_batch = interrupted
+    texts = ["Unaffable playing, the zyxt words.", "more playing qwzx"]  # three words not in vocab
+    with pytest.raises(KeyboardInterrupt):
+        tok.encode_flat(texts)
+    assert calls  # the interrupt came while new words were being encoded
+    tok._wordpiece_batch = real
+    expected = ref.ReferenceTokenizer(VOCAB, True)
+    assert tok.tokenize_batch(texts) == [expected.tokenize(t) for t in texts]
+
+
+def _parallel_argv(tmp_path, vocab):
+    argv = ["--input-file", SAMPLE, "--output-file", str(tmp_path / "x.tfrecord")]
+    argv += ["--vocab-file", vocab, "--chunk-size-mb", "0.002", "--num-workers", "2"]
+    return cpd.build_parser().parse_args([*argv, "--quiet", "--do-lower-case"])
+
+
+def test_worker_error_reaches_the_main_process(tmp_path, small_vocab, monkeypatch):
+    """An exception in a worker process is raised in the main one; workers and files are cleaned up."""
+    import multiprocessing
+
+    real = cpd.build_chunk
+
+    def failing(index, *args):
+        if index == 3:
+            raise ValueError("chunk 3 is broken")
+        return real(index, *args)
+
+    monkeypatch.setattr(cpd, "build_chunk", failing)  # the forked workers inherit it
+    with pytest.raises(ValueError, match="chunk 3 is broken"):
+        cpd.run(_parallel_argv(tmp_path, small_vocab))
+    assert list(tmp_path.iterdir()) == [] and multiprocessing.active_children() == []
+
+
+def test_interrupt_with_workers_leaves_nothing_behind(tmp_path, small_vocab, monkeypatch):
+    import multiprocessing
+
+    real, calls = cpd._write_chunk, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(cpd, "_write_chunk", interrupted)
+    with pytest.raises(cpd.UserError, match="interrupted"):
+        cpd.run(_parallel_argv(tmp_path, small_vocab))
+    assert list(tmp_path.iterdir()) == [] and multiprocessing.active_children() == []
