@@ -5,6 +5,8 @@
     python3 convert_ckpt.py hf2graphcore <Hugging Face folder> [options]
     python3 convert_ckpt.py graphcore2hf <our checkpoint prefix or run dir> [options]
     python3 convert_ckpt.py export <our checkpoint prefix or run dir> [options]
+    python3 convert_ckpt.py research2apps <GroupBERT research checkpoint prefix> [options]
+    python3 convert_ckpt.py apps2research <our GroupBERT checkpoint prefix or run dir> [options]
 
 "graphcore" is this project's native checkpoint (what --init-checkpoint and the fine-tuning scripts
 load). Conversions are lossless by default: renames, transposes and Q/K/V concatenation only, every
@@ -15,6 +17,15 @@ config.json) with the switches the weights need, the vocab, and conversion_repor
 
 `export` writes a weights-only copy of a run's checkpoint with bert_config.json, the vocab, the
 run's arguments.json and provenance.json (vocab sha256, code version), without optimizer state.
+
+`research2apps` / `apps2research` rename GroupBERT checkpoints between Graphcore's internal
+"research" names (all/..., GroupNorm, boomN, fused qkv and GLU weights) and the app's (ours), as
+the reference's commands of those names; model tensors only, bitwise lossless.
+
+RoBERTa (model_type roberta runs, position_offset 2) converts to and from Hugging Face's
+RobertaForMaskedLM (or RobertaModel without heads), with the tokenizer.json copied alongside.
+RobertaForMaskedLM has no pooler: graphcore2hf leaves ours out, hf2graphcore writes a zero one
+(BertModel has a pooler; the MLM head never reads it).
 """
 
 import argparse
@@ -22,6 +33,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,7 +47,11 @@ import options
 from bert_data.errors import UserError, cli_main
 from bert_data.fileio import atomic_write_json, read_json
 
-COMMANDS = ("google2graphcore", "graphcore2google", "hf2graphcore", "graphcore2hf", "export")
+RESEARCH_COMMANDS = ("research2apps", "apps2research")
+COMMANDS = (
+    "google2graphcore", "graphcore2google", "hf2graphcore", "graphcore2hf", "export",
+    *RESEARCH_COMMANDS,
+)  # fmt: skip
 SOURCE_FORMAT = {"google2graphcore": "google", "hf2graphcore": "hf"}
 TARGET_FORMAT = {
     "google2graphcore": "native",
@@ -241,6 +257,20 @@ def edit(model, fields, args, target):
                 else f"max |value| {biggest:.3g}: outputs change"
             )
             notes.append(f"{key} false: dropped {len(present)} tensors ({effect})")
+    if interop.is_roberta(fields):
+        pooler = [n for n in interop.POOLER if n in model]
+        if target == "hf" and has_mlm and pooler:
+            for n in pooler:
+                del model[n]
+            notes.append(
+                "RobertaForMaskedLM has no pooler: bert/pooler left out (MLM does not use it)"
+            )
+        elif target != "hf" and not pooler:
+            h = fields["hidden_size"]
+            model.update(
+                zip(interop.POOLER, (np.zeros([h, h], np.float32), np.zeros([h], np.float32)))
+            )
+            notes.append("the source has no pooler (RobertaForMaskedLM): wrote a zero bert/pooler")
     return model, notes
 
 
@@ -292,6 +322,26 @@ def _copy_vocab(vocab_file, output_dir, size, notes):
     return out
 
 
+def _copy_tokenizer(source, output_dir, notes):
+    """RoBERTa: copies tokenizer.json (+ vocab.json, merges.txt) from beside the source or from the
+    run's tokenizer_file; returns the copied tokenizer.json path or None."""
+    directory = source.path if source.format == "hf" else os.path.dirname(source.path)
+    path = os.path.join(directory, "tokenizer.json")
+    arguments = os.path.join(directory, "arguments.json")
+    if not os.path.isfile(path) and os.path.isfile(arguments):
+        path = read_json(arguments, "run arguments").get("tokenizer_file") or path
+    if not os.path.isfile(path):
+        notes.append("no tokenizer.json found beside the source or in its arguments.json")
+        return None
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        src = path if name == "tokenizer.json" else os.path.join(os.path.dirname(path), name)
+        dst = os.path.join(output_dir, name)
+        if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(dst):
+            shutil.copyfile(src, dst + ".tmp")
+            os.replace(dst + ".tmp", dst)
+    return os.path.join(output_dir, "tokenizer.json")
+
+
 def _native_config(fields, fused):
     import modeling
 
@@ -311,6 +361,18 @@ def _google_config(fields, notes):
     if out.get("hidden_act") not in interop.GOOGLE_ACTS:
         notes.append(f"hidden_act {out.get('hidden_act')!r} is not one Google's modeling.py knows")
     return out
+
+
+def _roberta_architecture(heads):
+    """(Hugging Face class, prefix of the encoder's names) for a RoBERTa with these heads."""
+    if not heads:
+        return "RobertaModel", ""
+    if set(heads) == {"mlm"}:
+        return "RobertaForMaskedLM", interop.ROBERTA_PREFIX
+    raise UserError(
+        f"a RoBERTa exports as RobertaForMaskedLM (mlm head only); it has {', '.join(heads)}: "
+        "leave the others out with --drop-heads"
+    )
 
 
 def _hf_architecture(heads, notes):
@@ -415,14 +477,20 @@ def convert(args):
         output = prefix
     else:
         heads = interop.heads_present(model)
-        architecture, hf_prefix = _hf_architecture(heads, notes)
+        if interop.is_roberta(fields):
+            architecture, hf_prefix = _roberta_architecture(heads)
+        else:
+            architecture, hf_prefix = _hf_architecture(heads, notes)
         labels = model["glue_loss/output_weights"].shape[0] if "classifier" in heads else None
         config = interop.hf_config(fields, architecture, labels)
         _check_writable([os.path.join(out_dir, interop.HF_WEIGHTS)], args.force)
         interop.write_hf_folder(out_dir, interop.canonical_to_hf(model, hf_prefix), config)
         output = out_dir
     _verify(model, output)
-    vocab = _copy_vocab(_find_vocab(args, source), out_dir, fields["vocab_size"], notes)
+    if interop.is_roberta(fields):
+        vocab = _copy_tokenizer(source, out_dir, notes)
+    else:
+        vocab = _copy_vocab(_find_vocab(args, source), out_dir, fields["vocab_size"], notes)
     report = {
         "command": command,
         "source": source.path,
@@ -501,10 +569,248 @@ def _step(source):
     return checkpoints.step_of(source.path)
 
 
+# ----------------------------------------------------------------------------- GroupBERT research
+#
+# Graphcore's internal GroupBERT code ("research") named the same tensors differently from the app
+# (ours): an `all/` prefix, GroupNorm for LayerNorm, `weight` for `dense/kernel`, conv/boomN for
+# convolution/feed_forward_N, fused [H,3H] Q/K/V and [H,2H] GLU values|gates, the final norm
+# under bert/encoder/post_layers. Renames and last-axis concatenations only: bitwise lossless.
+
+RESEARCH_PREFIX = "all/"
+_RESEARCH_FINAL_NORM = "all/bert/encoder/post_layers/GroupNorm/"
+_APPS_FINAL_NORM = "LayerNorm/"  # modeling_groupbert.FINAL_NORM
+_LAYER_NAME = re.compile(r"bert/encoder/layer_(\d+)/(.+)$")
+_EMBEDDING_SLICE = re.compile(r"bert/embeddings/s(\d+)/word_embeddings$")
+_KEY_BIAS = "attention/self/key/bias"
+# research tensor = the app's tensors concatenated along the last axis, in this order.
+_LAYER_CONCATS = {
+    "attention/qkv/weight": tuple(f"attention/self/{p}/kernel" for p in interop.QKV),
+    "conv/pre/weight": ("convolution/pre/glu/values/dense/kernel",
+                        "convolution/pre/glu/gates/dense/kernel"),
+    "conv/pre/bias": ("convolution/pre/glu/values/dense/bias",
+                      "convolution/pre/glu/gates/dense/bias"),
+}  # fmt: skip
+
+
+def _layer_renames():
+    """{app suffix: research suffix} of the 1:1 renames inside bert/encoder/layer_N/."""
+    pairs = {
+        "convolution/dwconv/weight": "conv/dwconv/weight",
+        "convolution/post/dense/kernel": "conv/post/weight",
+        "convolution/post/dense/bias": "conv/post/bias",
+        "attention/self/query/bias": "attention/qkv/query/bias",
+        "attention/self/value/bias": "attention/qkv/value/bias",
+        "attention/projection/dense/kernel": "attention/output/weight",
+        "attention/projection/dense/bias": "attention/output/bias",
+    }
+    norms = {"convolution/prenorm": "conv/prenorm", "convolution/dwconv": "conv/dwconv",
+             "attention/prenorm": "attention/prenorm"}  # fmt: skip
+    for n in (1, 2):
+        apps, research = f"feed_forward_{n}", f"boom{n}"
+        norms[f"{apps}/prenorm"] = f"{research}/prenorm"
+        for a, r in (("intermediate", "up"), ("output", "down"), ("output/mixer", "mixer")):
+            pairs[f"{apps}/{a}/dense/kernel"] = f"{research}/{r}/weight"
+            pairs[f"{apps}/{a}/dense/bias"] = f"{research}/{r}/bias"
+    for a, r in norms.items():
+        pairs.update({f"{a}/LayerNorm/{p}": f"{r}/GroupNorm/{p}" for p in ("gamma", "beta")})
+    return pairs
+
+
+_TO_RESEARCH = _layer_renames()
+_TO_APPS = {r: a for a, r in _TO_RESEARCH.items()}
+
+
+def _unknown_error(source, unknown):
+    return UserError(
+        f"{source}: {len(unknown)} tensor(s) with no GroupBERT research/app name mapping: "
+        f"{interop._shown(sorted(unknown))}"
+    )
+
+
+def apps_to_research(model, source="checkpoint"):
+    """The app's GroupBERT tensors (canonical: split Q/K/V) -> research names.
+
+    Returns:
+      ({research name: array}, notes). The key bias is left out as the reference's converter did
+      (it cancels in the softmax); a note says so if it was not zero.
+    """
+    out, notes, unknown, parts = {}, [], [], {}
+    for name, value in model.items():
+        match = _LAYER_NAME.match(name)
+        if match is None:
+            if name.startswith(_APPS_FINAL_NORM):
+                out[_RESEARCH_FINAL_NORM + name[len(_APPS_FINAL_NORM) :]] = value
+            else:
+                out[RESEARCH_PREFIX + name.replace("LayerNorm", "GroupNorm")] = value
+            continue
+        layer, rest = match.groups()
+        if rest in _TO_RESEARCH:
+            out[f"{RESEARCH_PREFIX}bert/encoder/layer_{layer}/{_TO_RESEARCH[rest]}"] = value
+        elif rest == _KEY_BIAS:
+            if np.any(value):
+                notes.append(f"layer {layer}: non-zero key bias left out (it cancels in softmax)")
+        elif any(rest in group for group in _LAYER_CONCATS.values()):
+            parts[name] = value
+        else:
+            unknown.append(name)
+    if unknown:
+        raise _unknown_error(source, unknown)
+    layers = sorted({_LAYER_NAME.match(n).group(1) for n in parts}, key=int)
+    for layer in layers:
+        scope = f"bert/encoder/layer_{layer}/"
+        for research, group in _LAYER_CONCATS.items():
+            present = [scope + p for p in group if scope + p in parts]
+            if present and len(present) < len(group):
+                missing = [scope + p for p in group if scope + p not in parts]
+                raise UserError(
+                    f"{source}: {', '.join(missing)} missing (needed with {present[0]})"
+                )
+            if present:
+                out[RESEARCH_PREFIX + scope + research] = np.concatenate(
+                    [parts[p] for p in present], axis=-1
+                )
+    return out, notes
+
+
+def research_to_apps(research, source="checkpoint"):
+    """Research GroupBERT tensors -> the app's names (canonical: split Q/K/V).
+
+    Word-embedding slices `s{i}/word_embeddings` are joined into one table; a zero key bias is
+    added where the query bias exists (our model has the variable; zero is the same model).
+
+    Returns:
+      ({app name: array}, notes).
+    """
+    out, notes, unknown, slices = {}, [], [], {}
+    for name, value in research.items():
+        bare = name[len(RESEARCH_PREFIX) :] if name.startswith(RESEARCH_PREFIX) else name
+        match = _LAYER_NAME.match(bare)
+        if name.startswith(_RESEARCH_FINAL_NORM):
+            out[_APPS_FINAL_NORM + name[len(_RESEARCH_FINAL_NORM) :]] = value
+        elif _EMBEDDING_SLICE.match(bare):
+            slices[int(_EMBEDDING_SLICE.match(bare).group(1))] = value
+        elif match is None:
+            out[bare.replace("GroupNorm", "LayerNorm")] = value
+        elif match.group(2) in _TO_APPS:
+            out[f"bert/encoder/layer_{match.group(1)}/{_TO_APPS[match.group(2)]}"] = value
+        elif match.group(2) in _LAYER_CONCATS:
+            group = _LAYER_CONCATS[match.group(2)]
+            scope = f"bert/encoder/layer_{match.group(1)}/"
+            for part, block in zip(group, np.split(value, len(group), axis=-1)):
+                out[scope + part] = np.ascontiguousarray(block)
+        else:
+            unknown.append(name)
+    if unknown:
+        raise _unknown_error(source, unknown)
+    if slices:
+        out["bert/embeddings/word_embeddings"] = np.concatenate(
+            [slices[i] for i in sorted(slices)], axis=0
+        )
+        notes.append(f"joined {len(slices)} word-embedding slices into one table")
+    for name in [n for n in out if n.endswith("/attention/self/query/bias")]:
+        key = name.replace("/query/", "/key/")
+        if key not in out:
+            out[key] = np.zeros_like(out[name])
+    if any(n.endswith("/" + _KEY_BIAS) for n in out) and not any(
+        n.endswith("/qkv/key/bias") for n in research
+    ):
+        notes.append("wrote zero key biases (the research layout has none; same outputs)")
+    return out, notes
+
+
+def _research_config(args, prefix, apps_tensors, notes):
+    """Our bert_config.json fields for the converted model, or None if no config is at hand."""
+    path = args.bert_config_file or os.path.join(os.path.dirname(prefix), "bert_config.json")
+    if not os.path.isfile(path):
+        notes.append(f"no model config ({path}): pass --bert_config_file to write bert_config.json")
+        return None
+    import modeling
+
+    fields = {**read_json(path, "model config"), **interop.shape_fields(apps_tensors)}
+    conv = apps_tensors.get("bert/encoder/layer_0/convolution/dwconv/weight")
+    up = apps_tensors.get("bert/encoder/layer_0/feed_forward_1/intermediate/dense/kernel")
+    down = apps_tensors.get("bert/encoder/layer_0/feed_forward_1/output/dense/kernel")
+    fields["groupbert"] = True
+    if conv is not None:
+        fields["groupbert_conv_kernel_size"], fields["groupbert_conv_group_size"] = conv.shape[:2]
+    if up is not None and down is not None:
+        fields["intermediate_size"] = int(up.shape[1])
+        fields["groupbert_ffn_output_groups"] = int(up.shape[1] // down.shape[0])
+    fields["use_qkv_split"] = not args.fuse_qkv
+    fields = {k: int(v) if isinstance(v, np.integer) else v for k, v in fields.items()}
+    return modeling.BertConfig.from_dict(fields).to_dict()
+
+
+def convert_research(args):
+    """research2apps / apps2research; returns the report dict (also written to the output dir)."""
+    given = [flags[0] for key, flags in SWITCH_FLAGS if getattr(args, key) is not None]
+    given += ["--drop_heads"] * bool(args.drop_heads)
+    given += ["--keep_optimizer_slots"] * args.keep_optimizer_slots
+    if given:
+        raise UserError(f"{args.command} does not take {', '.join(given)}")
+    if args.num_embeddings_splits != 1:
+        raise UserError("--num_embeddings_splits: only 1 is supported (one word-embedding table)")
+    prefix = interop.resolve_tf_checkpoint(args.checkpoint)
+    model, slots, other = interop.split_training_state(interop.read_tf_checkpoint(prefix))
+    notes = []
+    if args.command == "research2apps":
+        research = {n: v for n, v in other.items() if n.startswith(RESEARCH_PREFIX)}
+        if not research:
+            raise UserError(f"{prefix} has no research GroupBERT tensors (names all/...)")
+        apps, notes = research_to_apps(research, prefix)
+        taken = len(research)
+    else:
+        apps = {**model, **{n: v for n, v in other.items() if n.startswith(_APPS_FINAL_NORM)}}
+        if not any("/convolution/" in n for n in apps):
+            raise UserError(f"{prefix} is not a GroupBERT checkpoint (no convolution modules)")
+        taken = len(apps)
+        apps = interop.native_to_canonical(apps)
+    vocab = apps["bert/embeddings/word_embeddings"].shape[0]
+    if args.vocab_size is not None and args.vocab_size != vocab:
+        apps = _resize_vocab(apps, args.vocab_size)
+        notes.append(
+            f"word embeddings and MLM output bias resized from {vocab} to {args.vocab_size}"
+        )
+    config = _research_config(args, prefix, apps, notes)
+    if args.command == "research2apps":
+        tensors = interop.canonical_to_native(apps, args.fuse_qkv)
+    else:
+        tensors, more = apps_to_research(apps, prefix)
+        notes += more
+    out_dir = os.path.abspath(args.output_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    output = os.path.join(out_dir, os.path.basename(prefix))
+    _write_tf(output, tensors, args.force)
+    back = interop.read_tf_checkpoint(output)
+    if set(back) != set(tensors) or any(
+        back[n].dtype != v.dtype or back[n].tobytes() != v.tobytes() for n, v in tensors.items()
+    ):
+        raise UserError(f"verification failed: {output} differs from what was written")
+    if config is not None:
+        atomic_write_json(os.path.join(out_dir, "bert_config.json"), config)
+    dropped = sum(len(g) for g in slots.values()) + len(model) + len(other) - taken
+    report = {
+        "command": args.command,
+        "source": prefix,
+        "source_format": "research" if args.command == "research2apps" else "native",
+        "output": output,
+        "output_format": "native" if args.command == "research2apps" else "research",
+        "tensors": len(tensors),
+        "heads": interop.heads_present(apps),
+        "optimizer_state": f"dropped {dropped}",
+        "model_config": config or {},
+        "vocab_file": None,
+        "verified": "output read back: every tensor bitwise equal to the converted values",
+        "notes": notes,
+    }
+    atomic_write_json(os.path.join(out_dir, REPORT_FILE), report)
+    return report
+
+
 @cli_main
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    report = convert(args)
+    report = convert_research(args) if args.command in RESEARCH_COMMANDS else convert(args)
     print(f"{args.command}: {report['source']} ({report['source_format']}) -> {report['output']}")
     print(f"  {report['tensors']} model tensors, heads: {', '.join(report['heads']) or 'none'}; "
           f"optimizer state {report['optimizer_state']}")  # fmt: skip

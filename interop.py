@@ -9,7 +9,10 @@ Three formats hold the same BERT:
   level (`output_weights`, `output_bias`) where ours is `glue_loss/output_*`.
 - "hf": a Hugging Face folder (config.json, model.safetensors, vocab.txt). Dense kernels are stored
   transposed ([out,in]), LayerNorm gamma/beta are weight/bias, heads are `cls.*`, `qa_outputs.*`,
-  `classifier.*`; head models prefix the encoder with `bert.`.
+  `classifier.*`; head models prefix the encoder with `bert.`. RoBERTa folders (config model_type
+  "roberta") prefix it with `roberta.` and name the MLM head `lm_head.*`; ours is then a BERT with
+  position_offset 2 (RoBERTa's position ids start at pad_token_id + 1), all rows of the position
+  table kept, a 1-row token-type table, and no pooler in RobertaForMaskedLM (see `is_roberta`).
 
 Every conversion goes through one in-memory form, "canonical": {our name: np.ndarray} with split
 Q/K/V. Every step is a rename, a transpose or a concatenation/split, so conversions are bitwise
@@ -267,16 +270,47 @@ _HF_HEADS = {
     "glue_loss/output_bias": "classifier.bias",
 }
 _HF_HEADS_INV = {v: k for k, v in _HF_HEADS.items()}
-# Hugging Face tensors that are not parameters of their own: a buffer and the tied MLM decoder.
+ROBERTA_PREFIX = "roberta."
+ROBERTA_POSITION_OFFSET = 2  # HF RoBERTa: position ids = pad_token_id (1) + 1 + i
+_HF_ROBERTA_HEADS = {
+    "cls/predictions/transform/dense/kernel": "lm_head.dense.weight",
+    "cls/predictions/transform/dense/bias": "lm_head.dense.bias",
+    "cls/predictions/transform/LayerNorm/gamma": "lm_head.layer_norm.weight",
+    "cls/predictions/transform/LayerNorm/beta": "lm_head.layer_norm.bias",
+    "cls/predictions/output_bias": "lm_head.bias",
+}
+_HF_ROBERTA_HEADS_INV = {v: k for k, v in _HF_ROBERTA_HEADS.items()}
+POOLER = ("bert/pooler/dense/kernel", "bert/pooler/dense/bias")
+# Hugging Face tensors that are not parameters of their own: a buffer and the tied MLM decoders.
 HF_DERIVED = (
     "embeddings.position_ids",
     "cls.predictions.decoder.weight",
     "cls.predictions.decoder.bias",
+    "lm_head.decoder.weight",
+    "lm_head.decoder.bias",
 )
 
 
+def is_roberta(fields):
+    """True for a RoBERTa model: BertConfig fields with position_offset 2 (HF's RoBERTa layout).
+
+    Hugging Face's BERT has no position offset, so any other non-zero offset has no HF equivalent.
+    """
+    offset = (fields or {}).get("position_offset", 0)
+    if offset not in (0, ROBERTA_POSITION_OFFSET):
+        raise UserError(
+            f"position_offset {offset} has no Hugging Face equivalent (BERT: 0, RoBERTa: 2)"
+        )
+    return offset == ROBERTA_POSITION_OFFSET
+
+
 def hf_name(name, prefix="bert."):
-    """Canonical name -> (Hugging Face name, transpose?). Heads keep the same [out,in] layout."""
+    """Canonical name -> (Hugging Face name, transpose?). Heads keep the same [out,in] layout.
+
+    With prefix "roberta." the MLM head gets RoBERTa's `lm_head.*` names.
+    """
+    if prefix == ROBERTA_PREFIX and name in _HF_ROBERTA_HEADS:
+        return _HF_ROBERTA_HEADS[name], name.endswith("/kernel")
     if name in _HF_HEADS:
         return _HF_HEADS[name], False
     s = name.replace("/attention/projection/", "/attention/output/")
@@ -294,8 +328,12 @@ def hf_name(name, prefix="bert."):
 
 def canonical_name_from_hf(name):
     """Hugging Face name -> (canonical name, transpose?), or (None, False) if not a BERT tensor."""
-    if name.startswith("bert."):
-        name = name[len("bert.") :]
+    for prefix in ("bert.", ROBERTA_PREFIX):
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+    if name in _HF_ROBERTA_HEADS_INV:
+        canonical = _HF_ROBERTA_HEADS_INV[name]
+        return canonical, canonical.endswith("/kernel")
     if name in _HF_HEADS_INV:
         return _HF_HEADS_INV[name], False
     s = name.replace(".", "/")
@@ -325,7 +363,7 @@ def hf_to_canonical(tensors):
     """
     out, unknown, notes = {}, [], []
     for name, value in tensors.items():
-        bare = name[len("bert.") :] if name.startswith("bert.") else name
+        bare = name.split(".", 1)[1] if name.startswith(("bert.", ROBERTA_PREFIX)) else name
         if bare in HF_DERIVED or name in HF_DERIVED:
             continue
         canonical, transpose = canonical_name_from_hf(name)
@@ -338,6 +376,8 @@ def hf_to_canonical(tensors):
     ties = (
         ("cls.predictions.decoder.weight", "bert/embeddings/word_embeddings"),
         ("cls.predictions.decoder.bias", "cls/predictions/output_bias"),
+        ("lm_head.decoder.weight", "bert/embeddings/word_embeddings"),
+        ("lm_head.decoder.bias", "cls/predictions/output_bias"),
     )
     for hf, ours in ties:
         if hf in tensors and ours in out:
@@ -443,9 +483,10 @@ def is_hf_folder(path):
 
 def config_from_hf(d):
     """Our BertConfig fields from a Hugging Face config.json dict (biases, eps, activation)."""
-    if d.get("model_type", "bert") != "bert":
+    model_type = d.get("model_type", "bert")
+    if model_type not in ("bert", "roberta"):
         raise UserError(
-            f"Hugging Face model_type is {d.get('model_type')!r}; only 'bert' is supported"
+            f"Hugging Face model_type is {model_type!r}; only 'bert' and 'roberta' are supported"
         )
     if d.get("position_embedding_type", "absolute") != "absolute":
         raise UserError(
@@ -457,6 +498,14 @@ def config_from_hf(d):
     fields = {k: d[k] for k in GOOGLE_CONFIG_KEYS if k in d}
     fields["hidden_act"] = _HF_TO_OURS_ACT[act]
     fields["layer_norm_eps"] = float(d.get("layer_norm_eps", GOOGLE_LAYER_NORM_EPS))
+    if model_type == "roberta":
+        pad = d.get("pad_token_id", 1)
+        if pad + 1 != ROBERTA_POSITION_OFFSET:
+            raise UserError(
+                f"RoBERTa pad_token_id {pad} is not supported: positions then start at {pad + 1}, "
+                f"ours at position_offset {ROBERTA_POSITION_OFFSET} (pad_token_id 1)"
+            )
+        fields["position_offset"] = ROBERTA_POSITION_OFFSET
     return fields
 
 
@@ -488,6 +537,9 @@ def hf_config(fields, architecture, num_labels=None):
         position_embedding_type="absolute",
         tie_word_embeddings=True,
     )
+    if is_roberta(fields):
+        # <s> <pad> </s> = 0 1 2, as RoBERTa's and create_bpe_tokenizer.py's vocabularies.
+        d.update(model_type="roberta", pad_token_id=1, bos_token_id=0, eos_token_id=2)
     if num_labels is not None:
         d["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
         d["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
@@ -543,7 +595,8 @@ def expected_names(fields, heads=()):
             names += [f"{layer}/{scope}/gamma", f"{layer}/{scope}/beta"]
         for scope in ("intermediate/dense", "output/dense"):
             names += [f"{layer}/{scope}/kernel", f"{layer}/{scope}/bias"]
-    names += ["bert/pooler/dense/kernel", "bert/pooler/dense/bias"]
+    if not is_roberta(fields):  # RobertaForMaskedLM has none
+        names += list(POOLER)
     if "mlm" in heads:
         if fields.get("use_cls_layer"):
             names += [f"cls/predictions/transform/dense/{k}" for k in ("kernel", "bias")]
@@ -752,6 +805,8 @@ def load_into(path, variables, required=None, allow_fresh=()):
       LoadReport.
     """
     source = path if isinstance(path, Source) else read_checkpoint(path)
+    if source.format == "hf" and is_roberta(source.config) and POOLER[0] not in source.model:
+        allow_fresh = (*allow_fresh, "bert/pooler/")  # RobertaForMaskedLM has no pooler
     fuse = any(_FUSED.match(n) for n in variables)
     available = canonical_to_native(source.model, fuse)
     model_names = set(available)
