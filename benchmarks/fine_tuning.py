@@ -52,13 +52,21 @@ def minilm():
 # ----------------------------------------------------------------------------- ours
 
 
-def ours_mrpc(seeds, steps=None, precision="32"):
+def _precision_flags(precision):
+    """ "32", "bf16", ... with an optional "-noxla" suffix -> run_*.py flags (None: none)."""
+    if precision is None:
+        return []
+    name, _, xla = precision.partition("-")
+    return ["--precision", name] + (["--xla", "false"] if xla == "noxla" else [])
+
+
+def ours_mrpc(seeds, steps=None, precision=None):
     """Run run_classifier.py in a subprocess; returns (dev accuracies, per-step seconds)."""
     argv = [
         sys.executable, os.path.join(ROOT, "run_classifier.py"),
         "--config", os.path.join(ROOT, "configs", "glue_minilm.json"),
         "--init-checkpoint", minilm(), "--task-name", "mrpc", "--data-dir", GLUE_MRPC,
-        "--do-training", "--seed", "1", "--num-seeds", str(seeds), "--precision", precision,
+        "--do-training", "--seed", "1", "--num-seeds", str(seeds), *_precision_flags(precision),
         "--steps-per-logs", "1", "--save-path", tempfile.mkdtemp(prefix="ft_bench_"),
     ]  # fmt: skip
     if steps:
@@ -72,13 +80,13 @@ def ours_mrpc(seeds, steps=None, precision="32"):
     return accuracies, _step_times(out)
 
 
-def ours_squad(train_file, eval_file, steps=None, precision="32"):
+def ours_squad(train_file, eval_file, steps=None, precision=None):
     out_dir = tempfile.mkdtemp(prefix="ft_bench_squad_")
     argv = [
         sys.executable, os.path.join(ROOT, "run_squad.py"),
         "--config", os.path.join(ROOT, "configs", "squad_minilm.json"),
         "--init-checkpoint", minilm(), "--train-file", train_file, "--do-training",
-        "--precision", precision, "--steps-per-logs", "1", "--save-path", out_dir,
+        *_precision_flags(precision), "--steps-per-logs", "1", "--save-path", out_dir,
         "--output-dir", out_dir, "--tfrecord-dir", os.path.join(out_dir, "cache"),
     ]  # fmt: skip
     if steps:
@@ -295,7 +303,7 @@ def cmd_speed(args):
 
 def cmd_mrpc(args):
     print(f"MRPC dev accuracy, {args.seeds} seed(s) from 1, recipe {MRPC}", flush=True)
-    ours, times = ours_mrpc(args.seeds)
+    ours, times = ours_mrpc(args.seeds, precision=args.precision)
     if args.transformers:
         theirs = [hf_mrpc(seed)[0] for seed in range(1, args.seeds + 1)]
         source = "measured now"
@@ -314,7 +322,7 @@ def cmd_mrpc(args):
 def cmd_squad(args):
     train_file, eval_file = squad_split()
     print(f"SQuAD v1.1 dev split by article (20 train / 8 eval), recipe {SQUAD}", flush=True)
-    ours, times = ours_squad(train_file, eval_file)
+    ours, times = ours_squad(train_file, eval_file, precision=args.precision)
     print(
         f"ours: EM {ours['exact_match']:.2f}, F1 {ours['f1']:.2f}, {_seq_per_s(times, SQUAD['batch']):.1f} seq/s"
     )
@@ -332,12 +340,16 @@ def main():
     sub = parser.add_subparsers(dest="command", required=True)
     speed = sub.add_parser("speed", help="short side-by-side runs: seq/s")
     speed.add_argument("--steps", type=int, default=12)
-    speed.add_argument("--precisions", default="32,bf16")
+    speed.add_argument(
+        "--precisions", default="32,bf16-noxla", help='comma-separated; "-noxla": XLA off'
+    )
     mrpc = sub.add_parser("mrpc", help="dev accuracy over seeds")
     mrpc.add_argument("--seeds", type=int, default=3)
     mrpc.add_argument("--transformers", action="store_true", help="rerun the transformers side")
+    mrpc.add_argument("--precision", help="ours: e.g. 32 or bf16-noxla (default: the config's)")
     squad = sub.add_parser("squad", help="F1 on the article split")
     squad.add_argument("--transformers", action="store_true", help="also run transformers")
+    squad.add_argument("--precision", help="ours: e.g. 32 or bf16-noxla (default: the config's)")
     args = parser.parse_args()
     {"speed": cmd_speed, "mrpc": cmd_mrpc, "squad": cmd_squad}[args.command](args)
 
