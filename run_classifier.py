@@ -49,6 +49,19 @@ def _synthetic(regression, num_labels):
     return extra
 
 
+def _check_head_stage(opts, task, regression):
+    """The reference chose regression by the last pipeline stage (glu_reg); it must fit the task."""
+    stages = opts.get("pipeline_stages")
+    last = stages[-1][-1] if stages else None
+    if last not in ("glu", "glu_reg") or (last == "glu_reg") == regression:
+        return
+    kind = "a regression" if regression else "a classification"
+    fix = "a *_regression.json config" if regression else "a config whose last stage is glu"
+    raise UserError(
+        f"{opts['config']}: the last pipeline stage is {last!r} but {task} is {kind} task; use {fix}"
+    )
+
+
 class Task:
     """Task name, label set and the feature arrays of each split that the run needs."""
 
@@ -72,6 +85,7 @@ class Task:
         self.name = self.metrics_name = opts["task_name"].lower()
         self.labels = self.spec.labels
         self.regression = self.labels is None
+        _check_head_stage(opts, self.name, self.regression)
         self.tokenizer = finetuning.tokenizer(opts)
 
     @property

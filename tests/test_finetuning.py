@@ -317,3 +317,48 @@ def test_pooled_output_alone_equals_the_full_encoder():
     _, full = modeling.bert_encoder(model.params, config, features)
     alone = modeling.bert_pooled_output(model.params, config, features)
     np.testing.assert_allclose(alone.numpy(), full.numpy(), rtol=0, atol=1e-6)
+
+
+GROUPBERT_TINY = ["--hidden-size", "32", "--num-hidden-layers", "1", "--num-attention-heads", "2"]
+GROUPBERT_TINY += ["--intermediate-size", "64", "--seq-length", "64", "--xla", "false"]
+GROUPBERT_TINY += ["--precision", "32", "--micro-batch-size", "2", "--global-batch-size", "2"]
+
+
+def test_fine_tune_groupbert_glue_script(tmp_path, capsys, sample_vocab, mrpc_dir):
+    """Pretrain a tiny GroupBERT for one step, then fine-tune it with the GroupBERT GLUE script."""
+    import subprocess
+
+    import run_pretraining
+
+    argv = [
+        "--config",
+        os.path.join(ROOT, "configs", "groupbert", "pretrain_tiny_groupbert_128.json"),
+    ]
+    argv += [
+        *GROUPBERT_TINY,
+        "--generated-data",
+        "--num-train-steps",
+        "1",
+        "--vocab-file",
+        sample_vocab,
+    ]
+    argv += ["--max-predictions-per-seq", "5", "--save-path", str(tmp_path / "pre")]
+    argv += ["--pipeline-stages", '[["emb", "pos", "hid"], ["mlm", "nsp"]]']
+    assert run_pretraining.main(argv) == 0
+    (run_dir,) = (tmp_path / "pre").iterdir()
+    stages = ["--pipeline-stages", '[["emb", "pos", "hid"], ["glu"]]']
+    glue_flags = [*GROUPBERT_TINY, *stages, "--num-train-steps", "2", "--save-path", str(tmp_path)]
+    # The GroupBERT GLUE config's last stage is glu (classification): STS-B needs the regression one.
+    base = ["--config", os.path.join(ROOT, "configs", "groupbert", "glue_base.json"), *glue_flags]
+    base += ["--init-checkpoint", str(run_dir), "--vocab-file", sample_vocab, "--do-training"]
+    _fails(run_classifier.main, base + ["--task-name", "stsb", "--data-dir", mrpc_dir], capsys,
+           r"last pipeline stage is 'glu' but stsb is a regression task")  # fmt: skip
+    script = os.path.join(ROOT, "scripts", "fine_tune_GroupBERT_glue.sh")
+    env = dict(os.environ, GLUE_DIR=os.path.dirname(mrpc_dir), VOCAB=sample_vocab)
+    env["INIT_CHECKPOINT"] = str(run_dir)
+    run = subprocess.run(
+        [script, "base", "mrpc", *glue_flags], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "2 start fresh: glue_loss/output_weights, glue_loss/output_bias" in run.stdout
+    assert re.search(r"^mrpc dev, 1 seed\(s\) 7801\.\.7801:\n  accuracy: ", run.stdout, re.M)
