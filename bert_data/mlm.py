@@ -22,7 +22,7 @@ import struct
 
 import numpy as np
 
-from bert_data import records
+from bert_data import pretraining
 from bert_data.create_bpe_tokenizer import BOS, EOS, MASK, SPECIAL_TOKENS, load_tokenizer
 from bert_data.errors import UserError
 from bert_data.inspect import parse_example
@@ -83,16 +83,8 @@ def check_files(files, seq_length, vocab_size, sample=200):
     Returns:
       Estimated number of records in all files (from the mean record size).
     """
-    path, head = files[0], []
-    try:
-        for record in records.read_records(path):
-            head.append(record)
-            if len(head) >= sample:
-                break
-    except ValueError as err:
-        raise UserError(f"cannot read training data: {err}") from None
-    if not head:
-        raise UserError(f"training file has no records: {path}")
+    path = files[0]
+    head = pretraining.read_head(path, sample)
     ex = parse_example(head[0])
     if "masked_lm_ids" in ex or "masked_labels" in ex:
         raise UserError(

@@ -32,6 +32,21 @@ def expand_train_files(spec):
     return files
 
 
+def read_head(path, sample):
+    """The first `sample` serialised records of a TFRecord file (at least one, else UserError)."""
+    head = []
+    try:
+        for record in records.read_records(path):
+            head.append(record)
+            if len(head) >= sample:
+                break
+    except ValueError as err:
+        raise UserError(f"cannot read training data: {err}") from None
+    if not head:
+        raise UserError(f"training file has no records: {path}")
+    return head
+
+
 def check_files(files, seq_length, max_predictions, static_mask, vocab_size, sample=200):
     """Checks the data against the config before any graph is built (USER_NEEDS #6, #33).
 
@@ -42,16 +57,7 @@ def check_files(files, seq_length, max_predictions, static_mask, vocab_size, sam
       Estimated number of records in all files (from the mean record size).
     """
     path = files[0]
-    try:
-        head = []
-        for record in records.read_records(path):
-            head.append(record)
-            if len(head) >= sample:
-                break
-    except ValueError as err:
-        raise UserError(f"cannot read training data: {err}") from None
-    if not head:
-        raise UserError(f"training file has no records: {path}")
+    head = read_head(path, sample)
     ex = parse_example(head[0])
     remask = "input_position" in ex
     if "input_ids" not in ex or (not remask and "input_mask" not in ex):
