@@ -478,6 +478,9 @@ RECIPES = {
 FINE_TUNING = {
     "glue_base": ("glue", "mpadamw", 1e-5, 30, 3, 1, 768, 12),
     "glue_base_regression": ("glue", "mpadamw", 1e-5, 30, 3, 1, 768, 12),
+    # The reference's glue_large(_regression)_8IPU values (§2.4: lr, accumulation 36, scale 512).
+    "glue_large": ("glue", "mpadamw", 1e-5, 36, 3, 512, 1024, 24),
+    "glue_large_regression": ("glue", "mpadamw", 2e-5, 36, 3, 512, 1024, 24),
     "squad_base": ("squad", "lamb", 4e-4, 40, 2, 512, 768, 12),
     "squad_base_V2": ("squad", "mpadamw", 1.5e-4, 40, 3, 512, 768, 12),
     "squad_large": ("squad", "mpadamw", 9e-5, 260, 2, 1024, 1024, 24),
