@@ -80,14 +80,14 @@ def ours_mrpc(seeds, steps=None, precision=None):
     return accuracies, _step_times(out)
 
 
-def ours_squad(train_file, eval_file, steps=None, precision=None):
+def ours_squad(train_file, eval_file, steps=None, precision=None, extra=()):
     out_dir = tempfile.mkdtemp(prefix="ft_bench_squad_")
     argv = [
         sys.executable, os.path.join(ROOT, "run_squad.py"),
         "--config", os.path.join(ROOT, "configs", "squad_minilm.json"),
         "--init-checkpoint", minilm(), "--train-file", train_file, "--do-training",
         *_precision_flags(precision), "--steps-per-logs", "1", "--save-path", out_dir,
-        "--output-dir", out_dir, "--tfrecord-dir", os.path.join(out_dir, "cache"),
+        "--output-dir", out_dir, "--tfrecord-dir", os.path.join(out_dir, "cache"), *extra,
     ]  # fmt: skip
     if steps:
         argv += ["--num-train-steps", str(steps)]
@@ -322,7 +322,9 @@ def cmd_mrpc(args):
 def cmd_squad(args):
     train_file, eval_file = squad_split()
     print(f"SQuAD v1.1 dev split by article (20 train / 8 eval), recipe {SQUAD}", flush=True)
-    ours, times = ours_squad(train_file, eval_file, precision=args.precision)
+    ours, times = ours_squad(
+        train_file, eval_file, precision=args.precision, extra=args.ours_flags.split()
+    )
     print(
         f"ours: EM {ours['exact_match']:.2f}, F1 {ours['f1']:.2f}, {_seq_per_s(times, SQUAD['batch']):.1f} seq/s"
     )
@@ -350,6 +352,9 @@ def main():
     squad = sub.add_parser("squad", help="F1 on the article split")
     squad.add_argument("--transformers", action="store_true", help="also run transformers")
     squad.add_argument("--precision", help="ours: e.g. 32 or bf16-noxla (default: the config's)")
+    squad.add_argument(
+        "--ours-flags", default="", help='more run_squad.py flags, e.g. "--use-debiasing"'
+    )
     args = parser.parse_args()
     {"speed": cmd_speed, "mrpc": cmd_mrpc, "squad": cmd_squad}[args.command](args)
 
