@@ -353,7 +353,9 @@ def main():
     squad.add_argument("--transformers", action="store_true", help="also run transformers")
     squad.add_argument("--precision", help="ours: e.g. 32 or bf16-noxla (default: the config's)")
     squad.add_argument(
-        "--ours-flags", default="", help='more run_squad.py flags, e.g. "--use-debiasing"'
+        "--ours-flags",
+        default="",
+        help="more run_squad.py flags, e.g. --ours-flags=--use-debiasing",
     )
     args = parser.parse_args()
     {"speed": cmd_speed, "mrpc": cmd_mrpc, "squad": cmd_squad}[args.command](args)
