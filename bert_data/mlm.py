@@ -26,7 +26,7 @@ from bert_data import pretraining
 from bert_data.create_bpe_tokenizer import BOS, EOS, MASK, SPECIAL_TOKENS, load_tokenizer
 from bert_data.errors import UserError
 from bert_data.inspect import parse_example
-from bert_data.pretraining import SHUFFLE_BUFFER, _batch
+from bert_data.pretraining import _batch
 
 FEATURES = ("input_ids", "input_mask")
 MASK_PROB = 0.15
@@ -275,17 +275,7 @@ def mlm_dataset(files, opts, seed, masking, shard=(1, 0)):
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shard[0] > 1:
-        ds = ds.shard(*shard)
-    ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=max(1, min(opts["parallel_io_threads"], len(files))),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not opts.get("sloppy_parallel_interleave", False),
-    )
-    ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed + 1, reshuffle_each_iteration=True).enumerate()
+    ds = pretraining.shuffled_records(files, opts, seed, shard).enumerate()
     ds = ds.map(lambda i, r: {"record": r, "epoch": tf.constant(0, tf.int64), "index": i})
     spec = parse_spec(opts["seq_length"])
     return _batch(ds, opts, _parse_and_mask(spec, _mask_fn(opts, seed, masking)))

@@ -119,6 +119,16 @@ def tfrecord_dataset(files, opts, seed, shard=(1, 0)):
     if static:
         # masked_lm_positions is variable-length in this layout and not needed by the model.
         spec.pop("masked_lm_positions")
+    ds = shuffled_records(files, opts, seed, shard)
+    return _batch(ds, opts, lambda r: _to_model_features(tf.io.parse_example(r, spec), static))
+
+
+def shuffled_records(files, opts, seed, shard=(1, 0)):
+    """Serialised records of `files`, repeated forever: file order reshuffled every pass, files
+    interleaved (`parallel_io_threads`), then a SHUFFLE_BUFFER shuffle; deterministic for `seed`
+    unless `sloppy_parallel_interleave`."""
+    import tensorflow as tf
+
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shard[0] > 1:
         ds = ds.shard(*shard)
@@ -129,8 +139,7 @@ def tfrecord_dataset(files, opts, seed, shard=(1, 0)):
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=not opts.get("sloppy_parallel_interleave", False),
     )
-    ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed + 1, reshuffle_each_iteration=True)
-    return _batch(ds, opts, lambda r: _to_model_features(tf.io.parse_example(r, spec), static))
+    return ds.shuffle(SHUFFLE_BUFFER, seed=seed + 1, reshuffle_each_iteration=True)
 
 
 def _batch(ds, opts, parse):
