@@ -17,8 +17,8 @@ import re
 
 import tensorflow as tf
 
-from bert_data.errors import UserError
-from bert_data.fileio import atomic_write_text
+from common.errors import UserError
+from common.fileio import atomic_write_text
 
 STATE_FILE = "checkpoint"
 _STEP = re.compile(r"ckpt-(\d+)$")

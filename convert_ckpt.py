@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Convert BERT checkpoints between Google's TF1 format, Hugging Face folders and ours; export.
 
     python3 convert_ckpt.py google2graphcore <google checkpoint prefix or folder> [options]
@@ -44,8 +45,8 @@ import numpy as np
 
 import interop
 import options
-from bert_data.errors import UserError, cli_main
-from bert_data.fileio import atomic_write_json, read_json
+from common.errors import UserError, cli_main
+from common.fileio import atomic_write_json, read_json
 
 RESEARCH_COMMANDS = ("research2apps", "apps2research")
 COMMANDS = (

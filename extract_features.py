@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Per-token BERT activations as JSON lines, like Google's extract_features.py.
 
     python3 extract_features.py --input-file sentences.txt --output-file features.jsonl \\
@@ -20,7 +21,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import options
-from bert_data.errors import UserError, cli_main
+from common.errors import UserError, cli_main
 
 
 def _bool(text):

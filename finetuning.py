@@ -23,8 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 import options as options_module
-from bert_data.errors import UserError
-from bert_data.fileio import read_json
+from common.errors import UserError
+from common.fileio import read_json
 
 # Fine-tuning defaults (the reference's fine-tuning configs): AdamW, warm-up then linear decay.
 DEFAULTS = {

@@ -30,8 +30,8 @@ import re
 
 import numpy as np
 
-from bert_data.errors import UserError
-from bert_data.fileio import atomic_write_text, read_json
+from common.errors import UserError
+from common.fileio import atomic_write_text, read_json
 
 FORMATS = ("native", "google", "hf")
 HF_WEIGHTS = "model.safetensors"

@@ -19,15 +19,14 @@ is not XLA-compiled (`_xla_kernel`), dropout masks come from a cheap counter-bas
 of Philox, and `BertModel` evaluates the last encoder layer only at the rows its heads read.
 """
 
-import dataclasses
 import functools
 import math
 import zlib
 
 import tensorflow as tf
 
-from bert_data.errors import UserError
-from bert_data.fileio import atomic_write_json, read_json
+from common.hashing import fmix32
+from model_config import ACTIVATION_NAMES, BertConfig  # noqa: F401 (BertConfig: modeling.BertConfig)
 
 ATTENTION_MASK_VALUE = -1000.0  # reference value; representable in bf16 and fp16
 MLM_WEIGHT_EPSILON = 1e-5  # MLM loss denominator: sum(weights) + this
@@ -56,108 +55,7 @@ ACTIVATIONS = {
     "silu": tf.nn.silu,
     "tanh": tf.tanh,
 }
-
-
-_MAY_BE_ZERO = ("position_offset",)
-
-
-@dataclasses.dataclass(frozen=True)
-class BertConfig:
-    """Model hyper-parameters: Google's bert_config.json fields plus the reference app's switches.
-
-    Defaults of the switches are the reference's effective ones (CLI defaults), not its class defaults.
-    `layer_norm_eps` is 1e-3 as in the reference; set 1e-12 for Google/HF checkpoints.
-    `recompute` wraps each encoder layer in `tf.recompute_grad` (gradient checkpointing).
-    """
-
-    vocab_size: int
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    initializer_range: float = 0.02
-    max_predictions_per_seq: int = 20
-    use_attention_projection_bias: bool = True
-    use_cls_layer: bool = True
-    use_qkv_split: bool = False
-    use_qkv_bias: bool = False
-    use_prediction_bias: bool = True
-    static_mask: bool = False
-    layer_norm_eps: float = 1e-3
-    recompute: bool = False
-    position_offset: int = 0  # position id of the first slot (RoBERTa: 2)
-    groupbert: bool = False
-    groupbert_ffn_output_groups: int = 4
-    groupbert_conv_kernel_size: int = 7
-    groupbert_conv_group_size: int = 16
-
-    def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.type is int:
-                low = 0 if field.name in _MAY_BE_ZERO else 1
-                ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-                want = "a positive integer" if low else "a non-negative integer"
-            elif field.type is float:
-                ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-                want = "a non-negative number"
-            elif field.type is bool:
-                ok = isinstance(value, bool)
-                want = "true or false"
-            else:
-                ok = isinstance(value, str)
-                want = "a string"
-            if not ok:
-                raise UserError(f"model config: {field.name} is {value!r}, expected {want}")
-        if self.hidden_size % self.num_attention_heads:
-            raise UserError(
-                f"model config: hidden_size {self.hidden_size} is not divisible by "
-                f"num_attention_heads {self.num_attention_heads}; change one of them"
-            )
-        if self.hidden_act not in ACTIVATIONS:
-            raise UserError(
-                f"model config: unknown hidden_act {self.hidden_act!r}; "
-                f"use one of {', '.join(sorted(ACTIVATIONS))}"
-            )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if getattr(self, name) >= 1:
-                raise UserError(
-                    f"model config: {name} must be in [0, 1), got {getattr(self, name)}"
-                )
-        if self.layer_norm_eps <= 0:
-            raise UserError(f"model config: layer_norm_eps must be > 0, got {self.layer_norm_eps}")
-
-    @classmethod
-    def from_dict(cls, d):
-        """Build from a dict, taking the keys that are fields and ignoring the others.
-
-        Unknown keys are the options layer's business (it rejects them); a config dict here may
-        legitimately carry training keys too.
-        """
-        known = {f.name for f in dataclasses.fields(cls)}
-        if "vocab_size" not in d:
-            raise UserError("model config: vocab_size is missing; set it (or give a vocab file)")
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    @classmethod
-    def from_json_file(cls, path):
-        """Read a Google-style bert_config.json (extra keys ignored)."""
-        d = read_json(path, "model config")
-        if not isinstance(d, dict):
-            raise UserError(f"model config {path} must hold a JSON object")
-        return cls.from_dict(d)
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    def to_json_file(self, path):
-        """Write as JSON, atomically (temporary file in the same directory, then rename)."""
-        atomic_write_json(path, self.to_dict())
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES  # model_config lists the names
 
 
 # ----------------------------------------------------------------------------- variables
@@ -424,18 +322,6 @@ def _layer_norm_math(x, gamma, beta, epsilon):
 # Dropout draws 16-bit uniforms from a keyed integer hash of each element's index: a handful of
 # elementwise integer ops that fuse into the kernels below and are recomputed in the backward
 # pass, where XLA's CPU lowering of TF's Philox kernels costs more than a layer's matmuls.
-_MIX_MULTIPLIERS = (0x85EBCA6B, 0xC2B2AE35)  # murmur3's 32-bit finalizer
-
-
-def _mix32(h):
-    """murmur3's fmix32 on uint32: a bijection in which every input bit flips each output bit
-    with probability about 1/2."""
-    for multiplier, shift in zip(_MIX_MULTIPLIERS, (16, 13)):
-        h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(shift, tf.uint32)))
-        h = h * tf.constant(multiplier, tf.uint32)
-    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(16, tf.uint32)))
-
-
 def _dropout_keys(dropout_seed, salt):
     """uint32 [2] hash keys of one use of dropout, from the step's seed and the use's salt."""
     seed = tf.random.experimental.stateless_fold_in(dropout_seed, salt)
@@ -447,7 +333,7 @@ def _keep_mask(index, keys, rate, dtype):
     index = tf.bitcast(index, tf.uint32)
     one = tf.constant(1, tf.uint32)
     word = tf.bitwise.bitwise_xor(tf.bitwise.right_shift(index, one), keys[0])
-    word = _mix32(_mix32(word) + keys[1])
+    word = fmix32(fmix32(word) + keys[1])
     half = tf.bitwise.left_shift(tf.bitwise.bitwise_and(index, one), tf.constant(4, tf.uint32))
     bits = tf.bitwise.bitwise_and(
         tf.bitwise.right_shift(word, half), tf.constant(0xFFFF, tf.uint32)

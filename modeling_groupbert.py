@@ -60,7 +60,7 @@ import tensorflow as tf
 from tensorflow.python.ops import control_flow_util  # no public API tells an XLA context
 
 import modeling
-from bert_data.errors import UserError
+from common.errors import UserError
 
 FINAL_NORM = "LayerNorm"
 MODULES = ("convolution", "feed_forward_1", "attention", "feed_forward_2")  # in layer order

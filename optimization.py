@@ -32,7 +32,7 @@ from collections import OrderedDict
 
 import tensorflow as tf
 
-from bert_data.errors import UserError
+from common.errors import UserError
 from lr_schedules.custom import PiecewiseConstant
 
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "adamw", "mpadamw", "lamb", "custom")

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fine-tune and evaluate BERT on a GLUE task (classification, or STS-B regression).
 
     python3 run_classifier.py --config configs/glue_base.json --task-name mrpc \
@@ -17,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 import finetuning
-from bert_data.errors import UserError, cli_main
+from common.errors import UserError, cli_main
 
 FEATURES = ("input_ids", "input_mask", "segment_ids")
 
@@ -218,7 +219,7 @@ def main(argv=None):
         head = f"{task.name} dev, {len(results)} seed(s) {seeds[0]}..{seeds[-1]}"
         print(head + ":\n  " + "\n  ".join(lines), flush=True)
         if len(results) > 1 and opts["output_dir"]:
-            from bert_data.fileio import atomic_write_text
+            from common.fileio import atomic_write_text
 
             atomic_write_text(
                 os.path.join(opts["output_dir"], "eval_summary.txt"),

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """BERT pretraining (masked LM + next-sentence prediction) on CPUs and NVIDIA GPUs.
 
     python3 run_pretraining.py --config configs/pretrain_large_128_phase1.json [--flag value ...]
@@ -17,7 +18,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import options
-from bert_data.errors import UserError, cli_main
+from common.errors import UserError, cli_main
 
 
 def pretraining_loss_fn(model, features, training, dropout_seed, compute_dtype):

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fine-tune BERT on SQuAD 1.1 / 2.0, predict answers and score them with the official metrics.
 
     python3 run_squad.py --config configs/squad_base.json --init-checkpoint CKPT \
@@ -20,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 import finetuning
-from bert_data.errors import UserError, cli_main
+from common.errors import UserError, cli_main
 
 INPUTS = ("input_ids", "input_mask", "segment_ids")
 
@@ -93,7 +94,7 @@ def predict_logits(opts, model, features):
 def evaluate(opts, prediction_paths):
     """Official SQuAD scores of the written predictions against predict_file; returns the dict."""
     from bert_data import squad_metrics
-    from bert_data.fileio import atomic_write_json, read_json
+    from common.fileio import atomic_write_json, read_json
 
     data = read_json(opts["predict_file"], "SQuAD file")["data"]
     with open(prediction_paths["predictions"], encoding="utf-8") as f:

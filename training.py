@@ -21,7 +21,8 @@ import tensorflow as tf
 import checkpoints
 import lr_schedules
 import optimization
-from bert_data.errors import UserError
+import runlog
+from common.errors import UserError
 
 COMPUTE_DTYPES = {"32": tf.float32, "16": tf.float16, "bf16": tf.bfloat16}
 
@@ -71,49 +72,6 @@ def measured_peak_flops(dtype, seconds=0.5):
         product(a).numpy()
         best = max(best, 2 * n**3 / (time.perf_counter() - t))
     return best
-
-
-class Run:
-    """Run directory, console log (tee'd to log.txt), TensorBoard and optional W&B."""
-
-    def __init__(self, opts, run_dir):
-        self.opts = opts
-        self.dir = run_dir
-        os.makedirs(run_dir, exist_ok=True)
-        self.log_file = open(os.path.join(run_dir, "log.txt"), "a", buffering=1)  # noqa: SIM115
-        self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "event"))
-        self.wandb = None
-        if opts.get("wandb"):
-            try:
-                import wandb
-            except ImportError:
-                raise UserError("--wandb needs the wandb package: pip install wandb") from None
-            mode = os.environ.get("WANDB_MODE") or (
-                "online" if os.environ.get("WANDB_API_KEY") else "offline"
-            )
-            self.wandb = wandb.init(
-                project=opts.get("wandb_project") or "tf-bert",
-                name=opts.get("wandb_name"),
-                config={k: v for k, v in opts.items() if not k.startswith("_")},
-                dir=run_dir,
-                mode=mode,
-                sync_tensorboard=True,
-            )
-
-    def log(self, line):
-        print(line, flush=True)
-        self.log_file.write(line + "\n")
-
-    def scalars(self, step, values):
-        with self.writer.as_default(step=step):
-            for tag, value in values.items():
-                tf.summary.scalar(tag, value)
-
-    def close(self):
-        self.writer.flush()
-        self.log_file.close()
-        if self.wandb is not None:
-            self.wandb.finish()
 
 
 def new_run_dir(opts):
@@ -412,7 +370,13 @@ def train(
         if opts.get("restore_dir") and os.path.isdir(opts["restore_dir"])
         else None
     )
-    run = Run(opts, run_dir or new_run_dir(opts))
+    run = runlog.Run(
+        run_dir or new_run_dir(opts),
+        wandb=bool(opts.get("wandb")),
+        wandb_project=opts.get("wandb_project"),
+        wandb_name=opts.get("wandb_name"),
+        config={k: v for k, v in opts.items() if not k.startswith("_")},
+    )
     opts["_run_dir"] = run.dir
     try:
         return _train(opts, trainer, dataset, run, flops_per_sample, evaluate, init_fn)

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Train a byte-level BPE tokenizer (RoBERTa's kind) from text: tokenizer.json, vocab.json, merges.txt.
 
     python3 -m bert_data.create_bpe_tokenizer --input-file 'wiki/*.txt' --output-dir tok \
@@ -20,17 +21,21 @@ symbols get their ids in code-point order rather than in hash-map order, and the
 between equally frequent merges by those ids. tests/test_roberta.py checks two runs give equal bytes.
 """
 
-import argparse
-import json
 import os
 import sys
+
+if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
+    sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
+
+import argparse
+import json
 import tempfile
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from bert_data.create_pretraining_data import expand_inputs, read_chunks
-from bert_data.errors import UserError, cli_main
-from bert_data.fileio import atomic_write_text, ensure_output_dir
+from common.errors import UserError, cli_main
+from common.fileio import atomic_write_text, ensure_output_dir
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # ids 0-4, as RoBERTa's first four
 BOS, PAD, EOS, UNK, MASK = SPECIAL_TOKENS

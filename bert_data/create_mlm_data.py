@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Text -> packed RoBERTa-style MLM TFRecords: token ids only, masks are drawn while training.
 
     python3 -m bert_data.create_mlm_data --input-file 'wiki/*.txt' --output-file data/mlm_128.tfrecord \
@@ -19,11 +20,14 @@ Each record holds `input_ids` and `input_mask`, int64 [S]. There is no NSP and n
 bert_data/mlm.py draws new 80/10/10 masks every epoch (dynamic masking) in the tf.data pipeline.
 """
 
-import argparse
-import contextlib
 import os
-import random
 import sys
+
+if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
+    sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
+
+import argparse
+import random
 import time
 
 import numpy as np
@@ -31,8 +35,8 @@ import numpy as np
 from bert_data import records
 from bert_data.create_bpe_tokenizer import BOS, EOS, PAD, load_tokenizer
 from bert_data.create_pretraining_data import expand_inputs, read_chunks
-from bert_data.errors import UserError, cli_main
-from bert_data.fileio import ensure_output_dir
+from common.errors import UserError, cli_main
+from common.fileio import atomic_outputs, ensure_output_dir
 
 FEATURES = ("input_ids", "input_mask")
 CHUNK_BYTES = 1 << 24
@@ -158,34 +162,25 @@ def run(args):
     tokenizer.encode_special_tokens = True  # "<mask>" in the text is text, not the mask token
     packer = Packer(args.sequence_length, ids[BOS], ids[EOS], ids[PAD])
     stats = {"documents": 0, "text_tokens": 0, "sequences": 0, "padding": 0}
-    temps = [f"{path}.tmp-{os.getpid()}" for path in outputs]
     total_bytes = sum(os.path.getsize(f) for f in files)
-    try:
-        with contextlib.ExitStack() as stack:
-            handles = [stack.enter_context(open(t, "wb")) for t in temps]
-            progress = stack.enter_context(
-                tqdm(total=total_bytes, unit="B", unit_scale=True, disable=args.quiet, desc="text")
-            )
-            for index, documents in enumerate(read_chunks(files, CHUNK_BYTES)):
-                if args.seed is not None:
-                    random.Random(f"{args.seed}-{index}").shuffle(documents)
-                for doc in tokenize_documents(tokenizer, documents):
-                    packer.add(doc)
-                    stats["documents"] += bool(doc)
-                    stats["text_tokens"] += len(doc)
-                progress.update(sum(len(line) + 1 for doc in documents for line in doc))
-                _write(handles, packer.take(), stats)
-            _write(handles, packer.take(final=True), stats)
+    with (
+        atomic_outputs(outputs) as handles,
+        tqdm(
+            total=total_bytes, unit="B", unit_scale=True, disable=args.quiet, desc="text"
+        ) as progress,
+    ):
+        for index, documents in enumerate(read_chunks(files, CHUNK_BYTES)):
+            if args.seed is not None:
+                random.Random(f"{args.seed}-{index}").shuffle(documents)
+            for doc in tokenize_documents(tokenizer, documents):
+                packer.add(doc)
+                stats["documents"] += bool(doc)
+                stats["text_tokens"] += len(doc)
+            progress.update(sum(len(line) + 1 for doc in documents for line in doc))
+            _write(handles, packer.take(), stats)
+        _write(handles, packer.take(final=True), stats)
         if stats["documents"] == 0:
             raise UserError(f"input has no text (only blank lines): {args.input_file}")
-        for temp, path in zip(temps, outputs):
-            os.replace(temp, path)
-    except KeyboardInterrupt:
-        raise UserError("interrupted; no output file was written", exit_code=130) from None
-    finally:
-        for temp in temps:
-            if os.path.exists(temp):
-                os.remove(temp)
     seconds = time.time() - start
     print(
         f"wrote {stats['sequences']} sequences of {args.sequence_length} tokens to "

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Text -> BERT pretraining TFRecords (MLM + NSP), Google's algorithm, streamed and parallel.
 
 Input: one sentence per line, a blank line between documents. The input files are cut, at blank lines,
@@ -18,13 +19,8 @@ a uniform random subset drawn directly (Floyd's algorithm) rather than a prefix 
 import os
 import sys
 
-if __package__ in (None, ""):
-    # Run as a file (python3 bert_data/x.py): Python put bert_data/ first on sys.path, where our
-    # `inspect.py` would shadow the standard library's. Import from the repository root instead.
-    _here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-    sys.path.insert(0, os.path.dirname(_here))
-
+if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
+    sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
 
 import argparse
 import codecs
@@ -46,9 +42,9 @@ import numpy as np
 from numpy.random import SeedSequence, default_rng  # imported once here, not in every worker
 
 from bert_data import records
-from bert_data.errors import UserError, cli_main
-from bert_data.fileio import ensure_output_dir
 from bert_data.tokenization import FullTokenizer, check_casing
+from common.errors import UserError, cli_main
+from common.fileio import atomic_outputs, ensure_output_dir
 
 STAT_KEYS = (
     "documents",
@@ -723,44 +719,33 @@ def run(args):
     check_casing(tok.vocab, args.do_lower_case, args.vocab_file)
     _TOKENIZER[(args.vocab_file, args.do_lower_case)] = tok  # forked workers inherit it
     cfg = _chunk_config(args, tok, len(outputs))
-    temps = [f"{path}.tmp-{os.getpid()}" for path in outputs]
     stats = dict.fromkeys(STAT_KEYS, 0)
-    try:
-        with contextlib.ExitStack() as stack:
-            handles = [stack.enter_context(open(t, "wb")) for t in temps]
-            scratch = None  # workers hand finished chunks over as files here
-            if args.num_workers > 1:
-                scratch = stack.enter_context(
-                    tempfile.TemporaryDirectory(
-                        prefix=".chunks-", dir=os.path.dirname(temps[0]) or "."
-                    )
+    with atomic_outputs(outputs) as handles, contextlib.ExitStack() as stack:
+        scratch = None  # workers hand finished chunks over as files here
+        if args.num_workers > 1:
+            scratch = stack.enter_context(
+                tempfile.TemporaryDirectory(
+                    prefix=".chunks-", dir=os.path.dirname(os.path.abspath(outputs[0]))
                 )
-            progress = stack.enter_context(_progress_bar(total_bytes, args.quiet))
-            chunks = plan_chunks(files, int(args.chunk_size_mb * 2**20))
-            results = stack.enter_context(
-                contextlib.closing(_ordered_results(chunks, cfg, args.num_workers, scratch))
             )
-            for size, data, lengths, chunk_stats in results:
-                progress.update(size)
-                keep = len(lengths)
-                if args.max_samples >= 0:
-                    keep = min(keep, max(args.max_samples - stats["instances"], 0))
-                    chunk_stats["instances"] = keep
-                _write_chunk(handles, data, lengths, stats["instances"], keep)
-                for key in STAT_KEYS:
-                    stats[key] += chunk_stats[key]
-                if 0 <= args.max_samples <= stats["instances"]:
-                    break
+        progress = stack.enter_context(_progress_bar(total_bytes, args.quiet))
+        chunks = plan_chunks(files, int(args.chunk_size_mb * 2**20))
+        results = stack.enter_context(
+            contextlib.closing(_ordered_results(chunks, cfg, args.num_workers, scratch))
+        )
+        for size, data, lengths, chunk_stats in results:
+            progress.update(size)
+            keep = len(lengths)
+            if args.max_samples >= 0:
+                keep = min(keep, max(args.max_samples - stats["instances"], 0))
+                chunk_stats["instances"] = keep
+            _write_chunk(handles, data, lengths, stats["instances"], keep)
+            for key in STAT_KEYS:
+                stats[key] += chunk_stats[key]
+            if 0 <= args.max_samples <= stats["instances"]:
+                break
         if stats["documents"] == 0:
             raise UserError(f"input has no text (only blank lines): {args.input_file}")
-        for temp, path in zip(temps, outputs):
-            os.replace(temp, path)
-    except KeyboardInterrupt:
-        raise UserError("interrupted; no output file was written", exit_code=130) from None
-    finally:
-        for temp in temps:
-            if os.path.exists(temp):
-                os.remove(temp)
     stats["seconds"] = time.time() - start
     print(_format_summary(stats, stats["seconds"], args.sequence_length, outputs), file=sys.stderr)
     return stats

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Train a BERT WordPiece vocabulary (`vocab.txt`) from one-sentence-per-line text.
 
     python3 -m bert_data.create_vocab --input-file bert_data/sample.txt \
@@ -19,18 +20,22 @@ alphabet itself, chooses it (most frequent first, ties by code point), and hands
 alphabet and every `##` continuation up front, which fixes all ids before merging starts.
 """
 
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
+    sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
+
 import argparse
 import collections
 import glob
-import os
 import string
-import sys
 import unicodedata
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from bert_data.errors import UserError, cli_main
-from bert_data.fileio import atomic_write_text, ensure_output_dir
+from common.errors import UserError, cli_main
+from common.fileio import atomic_write_text, ensure_output_dir
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SUBWORD_PREFIX = "##"

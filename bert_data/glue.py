@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from bert_data.errors import UserError
-from bert_data.fileio import atomic_write_text, ensure_output_dir
+from common.errors import UserError
+from common.fileio import atomic_write_text, ensure_output_dir
 
 SPLITS = ("train", "dev", "test")
 

@@ -24,14 +24,14 @@ import numpy as np
 
 from bert_data import pretraining
 from bert_data.create_bpe_tokenizer import BOS, EOS, MASK, SPECIAL_TOKENS, load_tokenizer
-from bert_data.errors import UserError
-from bert_data.inspect import parse_example
 from bert_data.pretraining import _batch
+from bert_data.records import parse_example
+from common.errors import UserError
+from common.hashing import fmix32
 
 FEATURES = ("input_ids", "input_mask")
 MASK_PROB = 0.15
 _GOLDEN = 0x9E3779B9
-_FMIX = ((16, 0x85EBCA6B), (13, 0xC2B2AE35))  # murmur3's 32-bit finalizer
 _SELECT, _ACTION, _TOKEN = 0, 1, 2  # purposes of a position's random numbers
 
 
@@ -124,16 +124,6 @@ def is_mlm_data(path):
 # ----------------------------------------------------------------------------- masking
 
 
-def _fmix32(h):
-    """murmur3's fmix32 on uint32: a bijection that spreads every input bit over the output."""
-    import tensorflow as tf
-
-    for shift, multiplier in _FMIX:
-        h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(shift, tf.uint32)))
-        h = h * tf.constant(multiplier, tf.uint32)
-    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(16, tf.uint32)))
-
-
 def _words(x):
     """int64 tensor -> (low, high) uint32 words."""
     import tensorflow as tf
@@ -155,7 +145,7 @@ def _row_keys(seed, epoch, index):
     ]
     words += [*_words(epoch), *_words(index)]
     for word in words:
-        key = _fmix32(tf.bitwise.bitwise_xor(key, word)) + tf.constant(_GOLDEN, tf.uint32)
+        key = fmix32(tf.bitwise.bitwise_xor(key, word)) + tf.constant(_GOLDEN, tf.uint32)
     return key
 
 
@@ -164,8 +154,8 @@ def _bits(keys, seq_length, purpose):
     import tensorflow as tf
 
     counter = tf.cast(tf.range(seq_length) * 4 + purpose, tf.uint32)  # [S]
-    h = _fmix32(tf.bitwise.bitwise_xor(keys[:, tf.newaxis], counter))  # [B,S]
-    return _fmix32(h + tf.constant(_GOLDEN, tf.uint32))
+    h = fmix32(tf.bitwise.bitwise_xor(keys[:, tf.newaxis], counter))  # [B,S]
+    return fmix32(h + tf.constant(_GOLDEN, tf.uint32))
 
 
 def _uniform(keys, seq_length, purpose):

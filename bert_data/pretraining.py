@@ -13,8 +13,8 @@ import os
 import numpy as np
 
 from bert_data import records
-from bert_data.errors import UserError
-from bert_data.inspect import parse_example
+from bert_data.records import parse_example
+from common.errors import UserError
 
 SHUFFLE_BUFFER = 10000
 

@@ -333,3 +333,92 @@ def read_records(path):
             raise ValueError(f"{path}: corrupt record data at byte {offset}")
         yield record
         offset = end + 4
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _read_varint(data, pos):
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(data):
+    """Yields (field number, wire type, value) of a protobuf message (only wire types 0 and 2)."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(data, pos)
+        elif wire == 2:
+            length, pos = _read_varint(data, pos)
+            value, pos = data[pos : pos + length], pos + length
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+        yield number, wire, value
+
+
+def parse_example(record):
+    """A serialised tf.train.Example -> {feature name: list of ints or floats}."""
+    out = {}
+    for _, _, features in _fields(record):  # Example.features
+        for _, _, entry in _fields(features):  # Features.feature map entries
+            name, feature = None, b""
+            for number, _, value in _fields(entry):
+                if number == 1:
+                    name = bytes(value).decode()
+                else:
+                    feature = value
+            values = []
+            for kind, _, lst in _fields(feature):  # 1 bytes, 2 float, 3 int64
+                for _, wire, packed in _fields(lst):
+                    if kind == 2:
+                        if wire == 2:
+                            values += list(struct.unpack(f"<{len(packed) // 4}f", packed))
+                        else:
+                            raise ValueError("unpacked float lists are not supported")
+                    elif kind == 3:
+                        if wire == 0:
+                            values.append(packed)
+                        else:
+                            pos = 0
+                            while pos < len(packed):
+                                v, pos = _read_varint(packed, pos)
+                                values.append(v)
+                    else:
+                        values.append(bytes(packed))
+            out[name] = values
+    return out
+
+
+def to_standard(ex):
+    """Either layout -> standard-layout numpy arrays (remask records are put back in position order)."""
+    if "input_mask" in ex:
+        return {k: np.asarray(v) for k, v in ex.items()}
+    ids, pos, seg = (np.asarray(ex[k]) for k in ("input_ids", "input_position", "segment_ids"))
+    k = ex["mask_padding_index"][0]
+    end = ex["seq_padding_index"][0]
+    P = len(ex["masked_labels"])
+    slots = [s for s in range(end) if s < k or s >= P]
+    seq = len(ids)
+    std_ids, std_seg, mask = np.zeros(seq, int), np.zeros(seq, int), np.zeros(seq, int)
+    for s in slots:
+        std_ids[pos[s]], std_seg[pos[s]], mask[pos[s]] = ids[s], seg[s], 1
+    positions = np.zeros(P, int)
+    positions[:k] = np.asarray(ex["masked_lm_positions"][:k])
+    return {
+        "input_ids": std_ids,
+        "input_mask": mask,
+        "segment_ids": std_seg,
+        "masked_lm_positions": positions,
+        "masked_lm_ids": np.asarray(ex["masked_labels"]),
+        "masked_lm_weights": np.asarray(ex["masked_lm_weights"]),
+        "next_sentence_labels": np.asarray(ex["next_sentence_labels"]),
+    }

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """SQuAD v1.1 / v2.0 for BERT: reading, sliding-window features (with a cache) and n-best decoding.
 
 The algorithms are those of google-research/bert's `run_squad.py`, which the reference app uses
@@ -13,6 +14,12 @@ Small tools for making evaluation sets from a v1.1 file:
     python3 -m bert_data.squad make-v2 dev-v1.1.json dev-fake-v2.json --fraction 0.33 --seed 0
 """
 
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
+    sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
+
 import argparse
 import bisect
 import copy
@@ -20,10 +27,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import re
-import sys
 import tempfile
 import unicodedata
 import zipfile
@@ -31,8 +36,8 @@ import zipfile
 import numpy as np
 
 from bert_data import tokenization
-from bert_data.errors import UserError, cli_main
-from bert_data.fileio import atomic_write_json, ensure_output_dir, read_json
+from common.errors import UserError, cli_main
+from common.fileio import atomic_write_json, ensure_output_dir, read_json
 
 # Google's reader splits contexts on these characters only (U+202F: narrow no-break space).
 _WORD = re.compile("[^ \t\r\n\u202f]+")

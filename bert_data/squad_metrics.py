@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """The official SQuAD v1.1 and v2.0 evaluations (exact match and F1), written for this project.
 
     python3 -m bert_data.squad_metrics dev-v1.1.json predictions.json
@@ -13,15 +14,20 @@ One difference: a question missing from the predictions scores 0 in both version
 on stderr (the official v2 script stops with a KeyError).
 """
 
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
+    sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
+
 import argparse
 import collections
 import json
 import re
 import string
-import sys
 
-from bert_data.errors import UserError, cli_main
-from bert_data.fileio import read_json
+from common.errors import UserError, cli_main
+from common.fileio import read_json
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

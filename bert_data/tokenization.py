@@ -18,7 +18,7 @@ import unicodedata
 
 import numpy as np
 
-from bert_data.errors import UserError
+from common.errors import UserError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MAX_INPUT_CHARS_PER_WORD = 100

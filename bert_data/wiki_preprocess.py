@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """WikiExtractor output -> one sentence per line, a blank line after each document.
 
     python3 -m bert_data.wiki_preprocess --input-file extracted/ --output-file cleaned/ \
@@ -36,18 +37,22 @@ Rules, applied to each `<doc>` block:
 4. A document with no sentence left writes nothing (no stray blank line).
 """
 
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
+    sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
+
 import argparse
 import bz2
 import html
 import multiprocessing
-import os
 import re
-import sys
 
 from tqdm import tqdm
 
-from bert_data.errors import UserError, cli_main
-from bert_data.fileio import ensure_output_dir
+from common.errors import UserError, cli_main
+from common.fileio import ensure_output_dir
 
 HEADING_MAX_WORDS_OPEN = 8
 HEADING_MAX_WORDS_PERIOD = 4

@@ -7,7 +7,7 @@ tf.float32` (inside the traced step; no retracing as the step changes). Both agr
 import json
 import numbers
 
-from bert_data.errors import UserError
+from common.errors import UserError
 
 from .cosine_decay import CosineDecay
 from .custom import PiecewiseConstant

@@ -7,7 +7,7 @@ import bisect
 import json
 import numbers
 
-from bert_data.errors import UserError
+from common.errors import UserError
 
 from .base import Schedule
 

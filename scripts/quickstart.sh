@@ -13,7 +13,7 @@ python3 -m bert_data.create_vocab --input-file bert_data/sample.txt --output-fil
 python3 bert_data/create_pretraining_data.py --input-file bert_data/sample.txt \
   --output-file "$OUT/sample.tfrecord" --vocab-file "$OUT/vocab.txt" --do-lower-case \
   --sequence-length 128 --mask-tokens 20 --duplication-factor 10 --remask --quiet
-python3 -m bert_data.inspect "$OUT/sample.tfrecord" --vocab-file "$OUT/vocab.txt" -n 1
+python3 -m bert_data.inspect_records "$OUT/sample.tfrecord" --vocab-file "$OUT/vocab.txt" -n 1
 # The tiny config is the reference's; to memorise the sample in a few hundred steps the Quick start uses a
 # larger batch and learning rate and no dropout.
 python3 run_pretraining.py --config configs/pretrain_tiny_128_lamb.json \

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from bert_data import create_pretraining_data as cpd
-from bert_data.inspect import parse_example, to_standard
-from bert_data.records import read_records
+from bert_data.records import parse_example, read_records, to_standard
 from tests import google_reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bert_data import glue
-from bert_data.errors import UserError
 from bert_data.tokenization import FullTokenizer
+from common.errors import UserError
 
 GLUE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")
 GLUE_DIR = os.path.join(GLUE_DIR, "data", "glue_data")

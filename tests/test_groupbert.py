@@ -18,7 +18,7 @@ import modeling
 import modeling_groupbert as gb
 import options
 import run_pretraining
-from bert_data.errors import UserError
+from common.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "configs", "groupbert")

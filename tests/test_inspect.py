@@ -1,4 +1,4 @@
-"""bert_data.inspect and the TFRecord reader: decoding, statistics, corrupt input."""
+"""bert_data.inspect_records and the TFRecord reader: decoding, statistics, corrupt input."""
 
 import os
 import subprocess
@@ -19,7 +19,7 @@ def data(sample_vocab, sample_records):
 
 def _inspect(*args):
     return subprocess.run(
-        [sys.executable, "-m", "bert_data.inspect", *args],
+        [sys.executable, "-m", "bert_data.inspect_records", *args],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
 

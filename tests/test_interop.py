@@ -17,7 +17,7 @@ import convert_ckpt
 import extract_features
 import interop
 import modeling
-from bert_data.errors import UserError
+from common.errors import UserError
 
 H, HEADS, INTER, VOCAB, LAYERS, POSITIONS = 36, 3, 37, 99, 2, 16
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

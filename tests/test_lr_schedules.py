@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-from bert_data.errors import UserError
+from common.errors import UserError
 from lr_schedules import make_lr_schedule, parse_lr_power, parse_warmup
 
 FLOOR = 1e-7

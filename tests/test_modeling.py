@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import modeling
-from bert_data.errors import UserError
+from common.errors import UserError
 
 B, S, P = 2, 7, 3
 TINY = dict(

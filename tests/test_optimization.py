@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import optimization
-from bert_data.errors import UserError
+from common.errors import UserError
 
 H = 5  # hidden size: the fused qkv kernel is [5, 15]
 QKV = "bert/encoder/layer_0/attention/self/kernel/qkv_weight"

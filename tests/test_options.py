@@ -6,7 +6,7 @@ import os
 import pytest
 
 import options
-from bert_data.errors import cli_main
+from common.errors import cli_main
 
 # Reference defaults (REFERENCE_APP.md §3.1 and §13), written out here independently of options.py.
 REFERENCE_DEFAULTS = {

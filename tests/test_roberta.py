@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from bert_data import create_bpe_tokenizer, create_mlm_data, mlm, records
-from bert_data.errors import UserError
-from bert_data.inspect import parse_example
+from bert_data.records import parse_example
+from common.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "bert_data", "sample.txt")

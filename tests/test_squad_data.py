@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from bert_data import squad, squad_metrics, tokenization
-from bert_data.errors import UserError
+from common.errors import UserError
 from tests.google_reference import ReferenceTokenizer
 
 DEV = "/work/shared/data/squad/dev-v1.1.json"

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bert_data import squad_metrics as m
-from bert_data.errors import UserError
+from common.errors import UserError
 
 
 def dataset(questions):

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from bert_data.errors import UserError
 from bert_data.tokenization import FullTokenizer, check_casing
+from common.errors import UserError
 from tests.google_reference import ReferenceTokenizer
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")

@@ -1,6 +1,7 @@
+#!/usr/bin/env python3
 """Decode pretraining TFRecords back to text and print dataset statistics.
 
-    python3 -m bert_data.inspect FILE [FILE ...] --vocab-file vocab.txt [-n 3]
+    python3 -m bert_data.inspect_records FILE [FILE ...] --vocab-file vocab.txt [-n 3]
 
 Works on both layouts (Google's standard features and the remask/static-mask layout; detected per file).
 Masked positions are shown as `[MASK](original)`, random replacements as `~token(original)` and kept ones
@@ -11,108 +12,14 @@ the first `-n` are printed.
 import os
 import sys
 
-if __package__ in (None, ""):
-    # Run as a file (python3 bert_data/x.py): Python put bert_data/ first on sys.path, where our
-    # `inspect.py` would shadow the standard library's. Import from the repository root instead.
-    _here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-    sys.path.insert(0, os.path.dirname(_here))
-
+if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
+    sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
 
 import argparse
-import struct
 
-import numpy as np
-
-from bert_data.errors import UserError, cli_main
-from bert_data.records import read_records
+from bert_data.records import parse_example, read_records, to_standard
 from bert_data.tokenization import load_vocab
-
-
-def _varint(data, pos):
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(data):
-    """Yields (field number, wire type, value) of a protobuf message (only wire types 0 and 2)."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            value, pos = data[pos : pos + length], pos + length
-        else:
-            raise ValueError(f"unexpected protobuf wire type {wire}")
-        yield number, wire, value
-
-
-def parse_example(record):
-    """A serialised tf.train.Example -> {feature name: list of ints or floats}."""
-    out = {}
-    for _, _, features in _fields(record):  # Example.features
-        for _, _, entry in _fields(features):  # Features.feature map entries
-            name, feature = None, b""
-            for number, _, value in _fields(entry):
-                if number == 1:
-                    name = bytes(value).decode()
-                else:
-                    feature = value
-            values = []
-            for kind, _, lst in _fields(feature):  # 1 bytes, 2 float, 3 int64
-                for _, wire, packed in _fields(lst):
-                    if kind == 2:
-                        if wire == 2:
-                            values += list(struct.unpack(f"<{len(packed) // 4}f", packed))
-                        else:
-                            raise ValueError("unpacked float lists are not supported")
-                    elif kind == 3:
-                        if wire == 0:
-                            values.append(packed)
-                        else:
-                            pos = 0
-                            while pos < len(packed):
-                                v, pos = _varint(packed, pos)
-                                values.append(v)
-                    else:
-                        values.append(bytes(packed))
-            out[name] = values
-    return out
-
-
-def to_standard(ex):
-    """Either layout -> standard-layout numpy arrays (remask records are put back in position order)."""
-    if "input_mask" in ex:
-        return {k: np.asarray(v) for k, v in ex.items()}
-    ids, pos, seg = (np.asarray(ex[k]) for k in ("input_ids", "input_position", "segment_ids"))
-    k = ex["mask_padding_index"][0]
-    end = ex["seq_padding_index"][0]
-    P = len(ex["masked_labels"])
-    slots = [s for s in range(end) if s < k or s >= P]
-    seq = len(ids)
-    std_ids, std_seg, mask = np.zeros(seq, int), np.zeros(seq, int), np.zeros(seq, int)
-    for s in slots:
-        std_ids[pos[s]], std_seg[pos[s]], mask[pos[s]] = ids[s], seg[s], 1
-    positions = np.zeros(P, int)
-    positions[:k] = np.asarray(ex["masked_lm_positions"][:k])
-    return {
-        "input_ids": std_ids,
-        "input_mask": mask,
-        "segment_ids": std_seg,
-        "masked_lm_positions": positions,
-        "masked_lm_ids": np.asarray(ex["masked_labels"]),
-        "masked_lm_weights": np.asarray(ex["masked_lm_weights"]),
-        "next_sentence_labels": np.asarray(ex["next_sentence_labels"]),
-    }
+from common.errors import UserError, cli_main
 
 
 def render(std, inv_vocab, mask_id):
@@ -189,7 +96,9 @@ def inspect_files(files, vocab_file, n):
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python3 -m bert_data.inspect", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python3 -m bert_data.inspect_records", description=__doc__
+    )
     parser.add_argument("files", nargs="+", help="TFRecord files")
     parser.add_argument("--vocab-file", required=True, help="the vocab the data was made with")
     parser.add_argument("-n", type=int, default=3, help="records to print")

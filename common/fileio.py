@@ -1,10 +1,11 @@
 """Small file helpers every tool shares: checked output directories, JSON input, atomic writes."""
 
+import contextlib
 import json
 import os
 import tempfile
 
-from bert_data.errors import UserError
+from common.errors import UserError
 
 
 def ensure_output_dir(path):
@@ -46,3 +47,25 @@ def atomic_write_text(path, text):
 
 def atomic_write_json(path, data):
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_outputs(paths):
+    """Open binary temporary files beside `paths`; rename them all into place on success.
+
+    Yields the list of open handles (one per path). If the block raises, no output appears and the
+    temporary files are removed; Ctrl-C becomes a one-line UserError (exit 130). Handles are
+    closed before the renames.
+    """
+    temps = [f"{path}.tmp-{os.getpid()}" for path in paths]
+    try:
+        with contextlib.ExitStack() as stack:
+            yield [stack.enter_context(open(t, "wb")) for t in temps]  # noqa: SIM115
+        for temp, path in zip(temps, paths):
+            os.replace(temp, path)
+    except KeyboardInterrupt:
+        raise UserError("interrupted; no output file was written", exit_code=130) from None
+    finally:
+        for temp in temps:
+            if os.path.exists(temp):
+                os.remove(temp)

@@ -1,0 +1,196 @@
+"""Command lines from a schema: typed options, checked values, flags and JSON config files.
+
+An `Option` is one setting (key, type, default, help, group, ...). `build_parser` turns a list of
+them into an argparse parser whose namespace holds only the flags given explicitly (kebab case:
+`--micro-batch-size` sets `micro_batch_size`); `load_config` reads a JSON config and checks every
+key and value against the same list. Errors are one-line `UserError`s with exit code 64.
+"""
+
+import argparse
+import dataclasses
+import difflib
+import json
+
+from common.errors import UserError
+from common.fileio import read_json
+
+EX_USAGE = 64  # os.EX_USAGE, which Windows lacks
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One option; `type` is a key of `KINDS`, `scopes` lists the `SCOPES` accepting it."""
+
+    key: str
+    type: str
+    default: object
+    help: str
+    group: str = ""
+    scopes: tuple = ("common",)
+    ipu_only: bool = False
+    unused: bool = False
+    choices: tuple | None = None
+    aliases: tuple = ()  # (alias, canonical value) pairs
+    extra_flags: tuple = ()  # other spellings, e.g. the reference's --enable_recomputation
+
+    @property
+    def flags(self):
+        return (*self.extra_flags, "--" + self.key.replace("_", "-"))
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_step_dict(v):
+    if not isinstance(v, dict) or not v or not all(map(_is_num, v.values())):
+        return False
+    return all(_is_int(k) or (isinstance(k, str) and k.strip().lstrip("-").isdigit()) for k in v)
+
+
+KINDS = {  # type name -> (test, description)
+    "int": (_is_int, "an integer"),
+    "float": (_is_num, "a number"),
+    "number": (_is_num, "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "floats": (
+        lambda v: _is_num(v) or (isinstance(v, list) and v and all(map(_is_num, v))),
+        "a number or a list of numbers",
+    ),
+    "ints": (lambda v: isinstance(v, list) and v and all(map(_is_int, v)), "a list of integers"),
+    "steps": (_is_step_dict, 'a JSON object {"step": number}'),
+}
+
+
+def check_value(opt, value):
+    """Return `value` normalised for `opt` (alias resolved, int → float, "" → None).
+
+    Raises:
+      ValueError: with a message fragment such as "must be an integer, got str 'x'".
+    """
+    if value is None:
+        if opt.default is None:
+            return None
+        raise ValueError(f"must be {KINDS[opt.type][1]}, got null")
+    if opt.type == "str" and _is_int(value) and opt.choices and str(value) in opt.choices:
+        value = str(value)  # "precision": 16 means "16"
+    test, description = KINDS[opt.type]
+    if not test(value):
+        raise ValueError(f"must be {description}, got {type(value).__name__} {value!r}")
+    if opt.type == "float":
+        value = float(value)
+    if opt.type == "str":
+        value = dict(opt.aliases).get(value, value)
+        if value == "" and opt.default is None:
+            return None
+    if opt.choices and value not in opt.choices:
+        raise ValueError(f"must be one of {', '.join(opt.choices)}, got {value!r}")
+    return value
+
+
+def bool_from_text(text):
+    """true/1/yes/on or false/0/no/off (any case) -> bool; ValueError otherwise."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _cli_converter(opt):
+    """An argparse `type` turning the flag's text into a checked value."""
+
+    def convert(text):
+        try:
+            if opt.type == "str":
+                value = text
+            elif opt.type == "bool":
+                value = bool_from_text(text)
+            elif opt.type == "int":
+                value = int(text)
+            elif opt.type == "float":
+                value = float(text)
+            elif opt.type == "number":
+                value = int(text) if text.strip().lstrip("-").isdigit() else float(text)
+            else:
+                value = json.loads(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {KINDS[opt.type][1]}, got {text!r}"
+            ) from None
+        try:
+            return check_value(opt, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = opt.type
+    return convert
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)", exit_code=EX_USAGE)
+
+
+def _describe_default(opt):
+    text = json.dumps(opt.default)
+    return text if opt.type != "bool" else text.replace("null", "auto")
+
+
+def build_parser(options, script_name, description="", require_config=True):
+    """An argparse parser for `options` whose namespace holds only the flags given explicitly."""
+    config = "--config FILE.json" if require_config else "[--config FILE.json]"
+    parser = _Parser(
+        prog=script_name,
+        description=description,
+        usage=f"{script_name} [--help] {config} [--option VALUE ...]",
+        epilog="Booleans: --flag, --flag true|false, --no-flag. Lists and dicts: JSON text. "
+        "Precedence: flag > config > default.",
+        allow_abbrev=False,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", metavar="FILE", help="JSON config file (keys = option names)")
+    groups = {}
+    for opt in options:
+        if opt.group not in groups:
+            groups[opt.group] = parser.add_argument_group(opt.group)
+        note = " [IPU only]" if opt.ipu_only else ""
+        text = f"{opt.help}{note} (default: {_describe_default(opt)})".replace("%", "%%")
+        metavar = "{" + ",".join(opt.choices) + "}" if opt.choices else opt.type.upper()
+        kwargs = dict(dest=opt.key, type=_cli_converter(opt), help=text, metavar=metavar)
+        if opt.type == "bool":
+            kwargs.update(nargs="?", const=True, metavar="BOOL")
+        groups[opt.group].add_argument(*opt.flags, **kwargs)
+        if opt.type == "bool":
+            negations = [f"--no-{flag[2:]}" for flag in opt.flags]
+            groups[opt.group].add_argument(
+                *negations, dest=opt.key, action="store_const", const=False, help=argparse.SUPPRESS
+            )
+    return parser
+
+
+def load_config(path, options):
+    """Read a JSON config, check every key and value against `options`; return {key: value}."""
+    raw = read_json(path, "config")
+    if not isinstance(raw, dict):
+        raise UserError(f"config {path} must hold a JSON object {{key: value}}", EX_USAGE)
+    by_key = {o.key: o for o in options}
+    raw = {k: v for k, v in raw.items() if not k.startswith("_")}
+    unknown = [k for k in raw if k not in by_key]
+    if unknown:
+        hints = [m for k in unknown for m in difflib.get_close_matches(k, by_key, n=1)]
+        hint = f"; did you mean {', '.join(hints)}?" if hints else ""
+        raise UserError(f"unknown key(s) in config {path}: {', '.join(unknown)}{hint}", EX_USAGE)
+    values = {}
+    for key, value in raw.items():
+        try:
+            values[key] = check_value(by_key[key], value)
+        except ValueError as err:
+            raise UserError(f"config {path}: '{key}' {err}", EX_USAGE) from None
+    return values
