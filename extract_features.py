@@ -185,7 +185,7 @@ def main(argv=None):
     import modeling
     from bert_data import tokenization
 
-    config, source = interop.model_config(args.init_checkpoint, args.bert_config_file)
+    config, source = interop.inference_config(args.init_checkpoint, args.bert_config_file)
     if args.max_seq_length > config.max_position_embeddings:
         raise UserError(
             f"--max-seq-length {args.max_seq_length} exceeds the model's "

@@ -30,6 +30,7 @@ import re
 
 import numpy as np
 
+import model_config
 from common.errors import UserError
 from common.fileio import atomic_write_text, read_json
 
@@ -92,11 +93,7 @@ _OURS_TO_HF_ACT = {
 }
 GOOGLE_ACTS = ("gelu", "relu", "tanh")
 GOOGLE_LAYER_NORM_EPS = 1e-12  # hard-coded in Google's modeling.py; also HF's default
-GOOGLE_CONFIG_KEYS = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-    "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-    "type_vocab_size", "initializer_range",
-)  # fmt: skip
+GOOGLE_CONFIG_KEYS = model_config.GOOGLE_FIELDS
 
 
 def is_head(name):
@@ -645,6 +642,10 @@ class Source:
         switches set from the tensors present.
       fused: True if the checkpoint stored fused [H,3H] Q/K/V kernels (native only).
       notes: human-readable remarks made while reading.
+      vocab_file, tokenizer_file: the WordPiece vocab / BPE tokenizer.json beside the checkpoint
+        (or named by its run's arguments.json), None if there is none.
+      do_lower_case: the casing the checkpoint was trained with, when its folder says (HF's
+        tokenizer_config.json, our arguments.json), else None.
     """
 
     path: str
@@ -655,6 +656,9 @@ class Source:
     config: dict | None
     fused: bool
     notes: list
+    vocab_file: str | None = None
+    tokenizer_file: str | None = None
+    do_lower_case: bool | None = None
 
 
 def _folder_config(directory, fmt, bert_config_file=None):
@@ -672,14 +676,36 @@ def _folder_config(directory, fmt, bert_config_file=None):
         raise UserError(f"model config not found: {bert_config_file}")
     arguments = os.path.join(directory, "arguments.json")
     if fmt == "native" and os.path.isfile(arguments):
-        import options
-
-        return dict(options.bert_config_from_options(read_json(arguments, "run arguments")))
+        return dict(model_config.from_options(read_json(arguments, "run arguments")))
     return None
+
+
+def _assets(directory, fmt):
+    """(vocab_file, tokenizer_file, do_lower_case) found beside a checkpoint, None where unknown.
+
+    The folder's vocab.txt / tokenizer.json, else the files a run's arguments.json names; the
+    casing from a Hugging Face tokenizer_config.json, else from arguments.json.
+    """
+    arguments = os.path.join(directory, "arguments.json")
+    args = read_json(arguments, "run arguments") if os.path.isfile(arguments) else {}
+    found = []
+    for name, key in (("vocab.txt", "vocab_file"), ("tokenizer.json", "tokenizer_file")):
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            path = args.get(key) if args.get(key) and os.path.isfile(args[key]) else None
+        found.append(path)
+    lower = args.get("do_lower_case") if fmt == "native" else None
+    tokenizer_config = os.path.join(directory, "tokenizer_config.json")
+    if fmt == "hf" and os.path.isfile(tokenizer_config):
+        lower = read_json(tokenizer_config, "tokenizer config").get("do_lower_case")
+    return (*found, lower if isinstance(lower, bool) else None)
 
 
 def read_checkpoint(path, bert_config_file=None):
     """Read a native, Google or Hugging Face checkpoint into canonical form (see `Source`).
+
+    The one resolver of checkpoint paths: format, model config, vocab/tokenizer and casing. Used by
+    convert_ckpt.py, extract_features.py, fine-tuning and --init-checkpoint.
 
     Args:
       path: a TF1 checkpoint prefix, a run/checkpoint directory, or a Hugging Face folder.
@@ -715,7 +741,9 @@ def read_checkpoint(path, bert_config_file=None):
         config = _folder_config(os.path.dirname(os.path.abspath(prefix)), fmt, bert_config_file)
     if config is not None:
         config = _reconcile(config, shape_fields(model), path)
-    return Source(path, fmt, model, slots, other, config, fused, notes)
+    directory = path if fmt == "hf" else os.path.dirname(os.path.abspath(path))
+    vocab, tokenizer, lower = _assets(directory, fmt)
+    return Source(path, fmt, model, slots, other, config, fused, notes, vocab, tokenizer, lower)
 
 
 def _reconcile(config, implied, path):
@@ -868,7 +896,7 @@ def head_prefixes(heads):
     return tuple(HEAD_PREFIXES[h] for h in heads)
 
 
-def model_config(path, bert_config_file=None):
+def inference_config(path, bert_config_file=None):
     """The modeling.BertConfig that runs the checkpoint at `path` for inference, and its Source.
 
     Sizes come from the folder's config (bert_config.json, config.json or arguments.json), checked
@@ -878,8 +906,6 @@ def model_config(path, bert_config_file=None):
     Returns:
       (modeling.BertConfig, Source); pass the Source to `load_into` to avoid reading twice.
     """
-    import modeling
-
     source = read_checkpoint(path, bert_config_file)
     if source.config is None:
         raise UserError(
@@ -887,4 +913,4 @@ def model_config(path, bert_config_file=None):
             "--bert-config-file"
         )
     fields = {**source.config, "use_qkv_split": True, "static_mask": False, "recompute": False}
-    return modeling.BertConfig.from_dict(fields), source
+    return model_config.BertConfig.from_dict(fields), source

@@ -37,20 +37,6 @@ from lr_schedules.custom import PiecewiseConstant
 
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "adamw", "mpadamw", "lamb", "custom")
 
-# Reference defaults (options.py owns them for the CLI; these apply when a key is absent).
-_FALLBACKS = {
-    "optimizer": "momentum",
-    "momentum": 0.984375,
-    "beta1": 0.9,
-    "beta2": 0.999,
-    "epsilon": 1e-4,
-    "weight_decay_rate": 0.0,
-    "use_debiasing": False,
-    "use_nvlamb": False,
-    "use_mpclip": False,
-    "groupbert": False,
-}
-
 # Regexes searched in the variable name (reference values).
 LAMB_WD_EXCLUDE = ("bias", "beta")
 LAMB_WD_EXCLUDE_GROUPBERT = ("bias", "beta", "gamma")
@@ -438,15 +424,16 @@ class Lamb(Optimizer):
             self.counter.assign_add([1])
 
 
-def make_optimizer(opts, params):
-    """Build the optimizer named by `opts["optimizer"]` over `params`.
+def make_optimizer(settings, params, lamb_wd_exclude=None):
+    """Build the optimizer named by `settings.optimizer` over `params`.
 
     Args:
-      opts: options dict; keys used (reference defaults when absent): optimizer ("momentum"),
-        momentum (0.984375), beta1 (0.9), beta2 (0.999), epsilon (1e-4), weight_decay_rate (0.0),
-        use_debiasing, use_nvlamb, use_mpclip, groupbert (all False). use_lr_fp32 and
-        increase_optimiser_precision are accepted and ignored (everything is float32).
+      settings: the run's optimizer settings (`RunConfig.optimizer`, or any object with the
+        attributes optimizer, momentum, beta1, beta2, epsilon, weight_decay_rate, use_debiasing,
+        use_nvlamb, use_mpclip); their defaults live in the options schema only.
       params: ordered dict {name: tf.Variable} of the model.
+      lamb_wd_exclude: LAMB weight-decay exclusions (default LAMB_WD_EXCLUDE; GroupBERT passes
+        LAMB_WD_EXCLUDE_GROUPBERT).
 
     Returns:
       An Optimizer with `apply_gradients(grads, learning_rate)` and `slots`.
@@ -454,35 +441,30 @@ def make_optimizer(opts, params):
     Raises:
       UserError: unknown optimizer name.
     """
-
-    def get(key):
-        value = opts.get(key)
-        return _FALLBACKS[key] if value is None else value
-
-    name = str(get("optimizer")).lower()
+    s = settings
+    name = str(s.optimizer).lower()
     if name == "sgd":
         return SGD(params)
     if name == "momentum":
-        return Momentum(params, get("momentum"))
+        return Momentum(params, s.momentum)
     if name == "custom":
-        return StageMomentum(params, get("momentum"))
-    adam_args = (params, get("beta1"), get("beta2"), get("epsilon"))
+        return StageMomentum(params, s.momentum)
+    adam_args = (params, s.beta1, s.beta2, s.epsilon)
     if name == "adam":
         return Adam(*adam_args)
     if name in ("adamw", "mpadamw"):
-        return AdamW(*adam_args, get("weight_decay_rate"), get("use_debiasing"))
+        return AdamW(*adam_args, s.weight_decay_rate, s.use_debiasing)
     if name == "lamb":
         return Lamb(
             *adam_args,
-            get("weight_decay_rate"),
-            get("use_debiasing"),
-            get("use_nvlamb"),
-            LAMB_WD_EXCLUDE_GROUPBERT if get("groupbert") else LAMB_WD_EXCLUDE,
-            use_mpclip=get("use_mpclip"),
+            s.weight_decay_rate,
+            s.use_debiasing,
+            s.use_nvlamb,
+            lamb_wd_exclude or LAMB_WD_EXCLUDE,
+            use_mpclip=s.use_mpclip,
         )
     raise UserError(
-        f"optimizer: unknown optimizer {opts.get('optimizer')!r}; "
-        f"choose one of {', '.join(OPTIMIZER_NAMES)}"
+        f"optimizer: unknown optimizer {s.optimizer!r}; choose one of {', '.join(OPTIMIZER_NAMES)}"
     )
 
 

@@ -1,9 +1,11 @@
-"""The one configuration schema: options, command-line flags, JSON configs, derived settings.
+"""The one configuration schema: options, flags, JSON configs, and the typed, frozen run config.
 
-Every option is declared once in `OPTIONS` (key, type, default, help, help section, scopes). From it
-come the flags (kebab case: `--micro-batch-size` sets `micro_batch_size`; `--enable_recomputation`
-keeps the reference's underscore, `--enable-recomputation` works too), the checking of `--config`
-files and the resolved dict that every script gets from `parse_options`.
+Every option is declared once in `OPTIONS` (key, type, default, help, help section, concern,
+scopes). From it come the flags (kebab case: `--micro-batch-size` sets `micro_batch_size`), the
+checking of `--config` files, and `RunConfig`: an immutable config grouped by concern
+(`cfg.model`, `cfg.data`, `cfg.optimizer`, `cfg.schedule`, `cfg.loop`, `cfg.checkpoint`,
+`cfg.logging`, `cfg.finetune`, `cfg.ipu`), each group a frozen dataclass generated from the options
+of that concern. The model's fields (and their help) come from `model_config.BertConfig`.
 
 Rules:
 - Precedence: explicit command-line flag > `--config` JSON > default.
@@ -17,6 +19,11 @@ Rules:
 - Linked settings (global_batch_size / gradient_accumulation_count, vocab_file / vocab_size): a
   value given on the command line wins over the config's value of the other key, which is then
   derived again; two values from the same source that disagree are an error.
+- Derived values are resolved once, in `parse_options`, before anything reads them: the
+  accumulation count and global batch, the vocab size from vocab_file, a random seed if null,
+  dynamic loss scaling, the step count rounded down and the log/checkpoint/evaluation periods
+  rounded up to multiples of `device_iterations`, tokens per step. `RunConfig.updated` re-derives
+  them when a task learns a value from its data (fine-tuning: the step count from the epochs).
 - IPU-only options are accepted so that reference configs parse. If any is set (config or flag) to a
   value other than its default, one warning line lists them; defaults stay silent, so a saved
   `arguments.json` reloads without noise. Options the reference declared but never used warn alike.
@@ -29,9 +36,11 @@ import json
 import os
 import secrets
 import sys
+import types
 
+import model_config
 from common import cli
-from common.cli import EX_USAGE, Option, bool_from_text, build_parser, check_value, load_config  # noqa: F401
+from common.cli import EX_USAGE, Option, build_parser, check_value, load_config
 from common.errors import UserError
 from common.fileio import atomic_write_json
 
@@ -44,22 +53,36 @@ cli.KINDS["stages"] = (
     ),
     f"a list of lists of stage tokens ({', '.join(STAGE_TOKENS)})",
 )
+# Concerns: the groups of RunConfig. "ipu" holds the IPU-only options (no effect here).
+CONCERNS = ("model", "data", "optimizer", "schedule", "loop", "checkpoint", "logging", "finetune",
+            "ipu")  # fmt: skip
 
 
-def _section(group, options, **fields):
-    return [dataclasses.replace(o, group=group, **fields) for o in options]
+def _section(group, concern, options, **fields):
+    return [dataclasses.replace(o, group=group, concern=concern, **fields) for o in options]
+
+
+def _model_options():
+    """The "BERT model" flags, one per model_config.BertConfig field (its help and default)."""
+    kinds = {bool: "bool", int: "int", float: "float", str: "str"}
+    out = []
+    for name in model_config.OPTION_FIELDS:
+        field = model_config.FIELDS[name]
+        default = field.metadata["option_default"]
+        out.append(Option(name, kinds[field.type], default, field.metadata["help"]))
+    return out
 
 
 O = Option  # noqa: E741 (short name keeps the table one line per option)
 LR_SCHEDULES = ("polynomial_decay", "natural_exponential", "custom", "cosine_decay")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "mpadamw", "lamb", "custom")
+PRECISIONS = {"32": "float32", "16": "float16", "bf16": "bfloat16"}  # option value -> dtype name
 _BY_STEP = 'by step, {"step": value}: the largest step <= the current one applies'
 
 OPTIONS = [
-    *_section("Main", [
-        O("task", "str", "pretraining", "task", choices=("pretraining", "SQuAD", "GLUE")),
-    ]),
-    *_section("Training", [
+    O("task", "str", "pretraining", "task", group="Main", concern="task",
+      choices=("pretraining", "SQuAD", "GLUE")),
+    *_section("Batch and length", "loop", [
         O("micro_batch_size", "int", None, "samples per forward/backward pass on one replica"),
         O("global_batch_size", "int", None, "samples per weight update over all replicas; if set, "
           "gradient_accumulation_count = it / (micro_batch_size x replicas), exactly"),
@@ -67,6 +90,17 @@ OPTIONS = [
         O("replicas", "int", 1, "data-parallel replicas (devices)"),
         O("num_train_steps", "int", None, "number of optimizer steps (weight updates)"),
         O("epochs", "int", None, "SQuAD/GLUE epochs (pretraining length is num_train_steps)"),
+        O("reduction_type", "str", "mean", "mean or sum of micro-batch gradients",
+          choices=("mean", "sum")),
+        O("loss_scaling", "float", 1.0, "float16: static loss scale (loss x scale, gradients / "
+          "scale); with dynamic_loss_scaling the initial scale (2^15 when not set)"),
+        O("loss_scaling_by_step", "steps", None, "static loss scale " + _BY_STEP +
+          " (an error with dynamic_loss_scaling, whose scale adapts itself)"),
+        O("dynamic_loss_scaling", "bool", None, "skip overflowing steps and adapt the scale; "
+          "null = on for precision 16 only"),
+        O("seed", "int", None, "random seed; null = a random 32-bit seed, recorded"),
+    ]),
+    *_section("Learning rate", "schedule", [
         O("base_learning_rate", "float", 2e-5, "peak learning rate"),
         O("lr_schedule", "str", "polynomial_decay", "learning-rate schedule; polynomial = "
           "polynomial_decay (the reference default 'exponential' was no valid choice)",
@@ -76,6 +110,8 @@ OPTIONS = [
         O("lr_schedule_by_step", "steps", None, "custom schedule: lr " + _BY_STEP),
         O("decay_steps", "int", None, "natural_exponential: steps between decays"),
         O("decay_rate", "float", None, "natural_exponential: lr x exp(-rate x decays so far)"),
+    ]),
+    *_section("Optimizer", "optimizer", [
         O("optimizer", "str", "momentum", "optimizer", choices=OPTIMIZERS),
         O("momentum", "float", 0.984375, "momentum coefficient"),
         O("beta1", "float", 0.9, "Adam/LAMB first-moment decay"),
@@ -85,71 +121,48 @@ OPTIONS = [
         O("use_debiasing", "bool", False, "Adam/LAMB bias correction of the moments"),
         O("use_nvlamb", "bool", False, "LAMB: scale gradients by 1 / max(global norm, 1)"),
         O("use_mpclip", "bool", False, "LAMB: clip gradients to global norm 1.0"),
-        O("use_lr_fp32", "bool", False, "LAMB: lr x trust ratio in float32 (always so here)"),
-        O("increase_optimiser_precision", "bool", False, "LAMB: float32 update (always so here)"),
+        O("use_lr_fp32", "bool", False, "LAMB: lr x trust ratio in float32 (always so here)",
+          unused=True),
+        O("increase_optimiser_precision", "bool", False, "LAMB: float32 update (always so here)",
+          unused=True),
         O("weight_norm_clip", "float", 0.0, "LAMB weight-norm clip", unused=True),
-        O("reduction_type", "str", "mean", "mean or sum of micro-batch gradients",
-          choices=("mean", "sum")),
-        O("loss_scaling", "float", 1.0, "static loss scale (loss x scale, gradients / scale)"),
-        O("loss_scaling_by_step", "steps", None, "loss scale " + _BY_STEP),
-        O("dynamic_loss_scaling", "bool", None, "skip overflowing steps and adapt the scale; "
-          "null = on for precision 16 only"),
-        O("seed", "int", None, "random seed; null = a random 32-bit seed, recorded"),
     ]),
-    *_section("Checkpoints", [
+    *_section("Checkpoints", "checkpoint", [
         O("save_path", "str", "checkpoints", "root of the run directories"),
         O("init_checkpoint", "str", None, "start from this checkpoint's weights and optimizer "
           "state, at step 0"),
         O("restore_dir", "str", None, "resume from a checkpoint (or a directory's latest)"),
-        O("restore_optimiser_from_checkpoint", "bool", True, "restore optimizer slots too"),
-        O("save_optimiser_to_checkpoint", "bool", True, "save optimizer slots in checkpoints"),
+        O("restore_optimiser_from_checkpoint", "bool", True, "--init-checkpoint: load its "
+          "optimizer slots too (false: weights only, optimizer starts fresh)"),
+        O("save_optimiser_to_checkpoint", "bool", True, "save optimizer slots in checkpoints "
+          "(false: smaller checkpoints; --restore-dir then restarts the optimizer state)"),
         O("steps_per_ckpts", "int", 256, "checkpoint period in steps"),
         O("max_to_keep", "int", 5, "number of checkpoints kept"),
         O("name", "str", None, "run name", unused=True),
     ]),
-    *_section("BERT model", [
-        O("vocab_size", "int", None, "vocabulary size; null = number of lines of vocab_file"),
-        O("hidden_size", "int", None, "hidden width H"),
-        O("num_hidden_layers", "int", None, "number of encoder layers"),
-        O("num_attention_heads", "int", None, "attention heads per layer"),
-        O("intermediate_size", "int", None, "feed-forward width"),
-        O("hidden_act", "str", None, "activation: gelu (tanh approximation), gelu_erf, relu, ..."),
-        O("hidden_dropout_prob", "float", None, "dropout on embeddings and layer outputs"),
-        O("attention_probs_dropout_prob", "float", None, "dropout on attention probabilities"),
-        O("max_position_embeddings", "int", None, "rows of the position embedding table"),
-        O("type_vocab_size", "int", None, "number of segment (token type) ids"),
-        O("initializer_range", "float", None, "stddev of the truncated-normal initializer"),
-        O("layer_norm_eps", "float", 1e-3, "LayerNorm epsilon (reference 1e-3; Google 1e-12)"),
-        O("use_qkv_bias", "bool", False, "biases on query, key and value"),
-        O("use_qkv_split", "bool", False, "separate Q/K/V kernels instead of one fused [H, 3H]"),
-        O("use_attention_projection_bias", "bool", True, "bias on the attention output projection"),
-        O("use_cls_layer", "bool", True, "MLM transform (dense + LayerNorm) before the output"),
-        O("use_prediction_bias", "bool", True, "MLM output bias"),
-        O("static_mask", "bool", False, "data written with --remask (masked tokens first)"),
-        O("max_predictions_per_seq", "int", 20, "masked tokens per sequence (as in the data)"),
-        O("disable_acc", "bool", False, "skip MLM/NSP accuracy (reported as NaN)"),
+    *_section("BERT model", "model", [
+        *_model_options(),
+        O("disable_acc", "bool", False, "skip the training accuracies (logged as NaN)"),
         O("enable_recomputation", "bool", False, "gradient checkpointing per encoder layer",
           extra_flags=("--enable_recomputation",)),
         O("pipeline_stages", "stages", None, "layers per stage, checked: hid count = layers"),
-        O("groupbert", "bool", False, "use the GroupBERT architecture"),
-        O("groupbert_ffn_output_groups", "int", 4, "GroupBERT: groups of the FFN output"),
-        O("groupbert_conv_kernel_size", "int", 7, "GroupBERT: convolution kernel size"),
-        O("groupbert_conv_group_size", "int", 16, "GroupBERT: channels per convolution group"),
-        O("position_offset", "int", 0, "position id of the first token (RoBERTa: 2)"),
-    ]),
-    *_section("RoBERTa-style MLM", [
         O("model_type", "str", "bert", "bert: MLM + NSP on WordPiece data; roberta: MLM only on "
           "packed byte-level BPE data with dynamic masking", choices=("bert", "roberta")),
-        O("tokenizer_file", "str", None, "roberta: tokenizer.json of the byte-level BPE"),
     ]),
-    *_section("Precision and execution", [
+    *_section("Precision and execution", "loop", [
         O("precision", "str", "16", "compute: 16 = float16, 32 = float32, bf16 = bfloat16",
-          choices=("16", "32", "bf16")),
+          choices=tuple(PRECISIONS)),
         O("xla", "bool", True, "compile the training step with XLA"),
-        O("device_iterations", "int", 1, "steps per host call (log/checkpoint periods round up)"),
-        O("compile_only", "bool", False, "build and compile the training step, then exit"),
+        O("device_iterations", "int", 1, "optimizer steps per compiled call (one host round "
+          "trip); steps round down, log/checkpoint/eval periods up to multiples of it"),
+        O("compile_only", "bool", False, "compile the training step, print the compile time and "
+          "the step's memory estimate, then exit"),
+        O("execution_profile", "bool", False, "write a TensorFlow profiler trace of steps "
+          "profile_start_step .. + profile_steps into the run directory (TensorBoard: Profile)"),
+        O("profile_start_step", "int", 3, "first profiled step (after compilation)"),
+        O("profile_steps", "int", 2, "number of profiled steps"),
     ]),
-    *_section("IPU only (accepted, no effect on CPU/GPU)", [
+    *_section("IPU only (accepted, no effect on CPU/GPU)", "ipu", [
         O("pipeline_schedule", "str", "Interleaved", "pipeline schedule",
           choices=("Grouped", "Interleaved", "Sequential")),
         O("device_mapping", "ints", None, "IPU of each pipeline stage"),
@@ -169,16 +182,15 @@ OPTIONS = [
         O("sync_replicas_independently", "bool", False, "Poplar option"),
         O("log_all_workers", "bool", False, "every PopDist worker logs"),
         O("ipu_replica_identical_seed", "bool", False, "same seed on all local replicas"),
-        O("execution_profile", "bool", False, "Poplar execution profile"),
         O("memory_profile", "bool", False, "Poplar memory profile"),
         O("profile_dir", "str", "./", "Poplar profile directory"),
         O("progress_bar", "str", "auto", "compile progress bar", choices=("auto", "true", "false")),
     ], ipu_only=True),
-    *_section("Data", [
+    *_section("Data", "data", [
         O("train_file", "str", None, "training TFRecords: glob(s), comma-separated"),
         O("eval_file", "str", None, "held-out TFRecords, evaluated every steps_per_eval steps"),
-        O("steps_per_eval", "int", 0, "evaluation period on eval_file (0 = at the end only)"),
         O("vocab_file", "str", None, "WordPiece vocabulary, one token per line"),
+        O("tokenizer_file", "str", None, "roberta: tokenizer.json of the byte-level BPE"),
         O("do_lower_case", "bool", False, "lower-case the text (must match vocab and data)"),
         O("seq_length", "int", 128, "sequence length"),
         O("duplicate_factor", "int", 5, "duplication factor of the data (to report epochs)"),
@@ -189,16 +201,19 @@ OPTIONS = [
         O("synthetic_data", "bool", False, "random data kept on the device, no input pipeline"),
         O("dataset_repeat", "int", 1, "dataset repeats", unused=True),
     ]),
-    *_section("Logging", [
+    *_section("Logging", "logging", [
         O("steps_per_logs", "int", 1, "console log period in steps"),
-        O("steps_per_tensorboard", "int", 0, "period of weight histograms/norms (<= 0: off)"),
-        O("wandb", "bool", False, "log to Weights & Biases"),
+        O("steps_per_eval", "int", 0, "held-out evaluation period in steps (eval_file for "
+          "pretraining, the dev set for GLUE); 0 = after the last step only"),
+        O("steps_per_tensorboard", "int", 0, "period of weight and gradient histograms and "
+          "per-tensor L2 norms in TensorBoard/W&B (<= 0: off)"),
+        O("wandb", "bool", False, "log to Weights & Biases (offline unless WANDB_API_KEY is set)"),
         O("wandb_name", "str", None, "Weights & Biases run name"),
         O("wandb_project", "str", "tf-bert", "Weights & Biases project"),
         O("log_dir", "str", "./logs/", "log directory (logs go to save_path)", unused=True),
         O("name_suffix", "str", None, "run name suffix", unused=True),
     ]),
-    *_section("Fine-tuning (SQuAD and GLUE)", [
+    *_section("Fine-tuning (SQuAD and GLUE)", "finetune", [
         O("predict_file", "str", None, "SQuAD dev/test JSON"),
         O("output_dir", "str", None, "directory of predictions and result files"),
         O("doc_stride", "int", 128, "SQuAD sliding-window stride in tokens"),
@@ -206,20 +221,22 @@ OPTIONS = [
         O("n_best_size", "int", 20, "SQuAD answer candidates per example"),
         O("max_answer_length", "int", 30, "SQuAD longest answer in tokens"),
         O("null_score_diff_threshold", "float", 0.0, "SQuAD 2.0: no answer if null - best > it"),
-        O("verbose_logging", "bool", False, "log details of prediction post-processing"),
+        O("verbose_logging", "bool", False, "SQuAD: print each answer that cannot be mapped back "
+          "to the original text, and the n-best candidates of the first examples"),
         O("do_training", "bool", False, "run training"),
         O("do_predict", "bool", False, "run prediction"),
         O("do_evaluation", "bool", False, "run evaluation"),
         O("tfrecord_dir", "str", None, "cache directory of the feature TFRecords"),
     ], scopes=("squad", "glue")),
-    *_section("SQuAD", [
+    *_section("SQuAD", "finetune", [
         O("version_2_with_negative", "bool", False, "SQuAD 2.0 (questions without answer)"),
         O("num_synthetic_dataset_samples", "int", 1000000, "size of the --generated-data set"),
     ], scopes=("squad",)),
-    *_section("GLUE", [
+    *_section("GLUE", "finetune", [
         O("task_name", "str", "", "GLUE task"),
         O("data_dir", "str", None, "GLUE task folder"),
-        O("buffer_size", "int", 10000, "shuffle buffer"),
+        O("buffer_size", "int", 10000, "shuffle buffer: training examples are shuffled within "
+          "windows of this many (the whole set when it is smaller), anew every epoch"),
         O("glue_dropout_prob", "float", 0.1, "dropout before the classifier"),
         O("num_seeds", "int", 1, "fine-tune this many times (seeds seed, seed+1, ...) and report "
           "mean and std of the dev metrics"),
@@ -228,24 +245,163 @@ OPTIONS = [
 
 SCHEMA = {o.key: o for o in OPTIONS}
 SCOPES = ("common", "squad", "glue")
-SQUAD_OPTIONS = [o for o in OPTIONS if "squad" in o.scopes]
-GLUE_OPTIONS = [o for o in OPTIONS if "glue" in o.scopes]
 POSITIVE = (
     "micro_batch_size", "global_batch_size", "gradient_accumulation_count", "replicas",
     "num_train_steps", "seq_length", "device_iterations", "steps_per_logs", "steps_per_ckpts",
-    "max_to_keep", "max_predictions_per_seq",
+    "max_to_keep", "max_predictions_per_seq", "buffer_size", "profile_steps",
 )  # fmt: skip
 PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "glue_dropout_prob")
-
-
 _RANK = {None: 0, "config": 1, "cli": 2}
+_PYTYPES = {"int": int, "float": float, "number": float, "str": str, "bool": bool,
+            "floats": float | list, "ints": list, "stages": list, "steps": dict}  # fmt: skip
 
 
-def _source(opts, key):
-    where = opts["_explicit"].get(key)
+# ----------------------------------------------------------------------------- the typed config
+
+
+def _group_class(concern):
+    """The frozen dataclass of one concern: a typed field per option of that concern."""
+    fields = [
+        (o.key, _PYTYPES[o.type] | None, dataclasses.field(default=None))
+        for o in OPTIONS
+        if o.concern == concern
+    ]
+    if concern == "loop":  # derived, resolved once by parse_options
+        fields.append(("tokens_per_step", int | None, dataclasses.field(default=None)))
+    name = f"{concern.title()}Options"
+    cls = dataclasses.make_dataclass(name, fields, frozen=True)
+    cls.__module__ = __name__
+    return cls
+
+
+GROUPS = {concern: _group_class(concern) for concern in CONCERNS}
+LoopOptions = GROUPS["loop"]
+LoopOptions.compute_dtype = property(
+    lambda self: PRECISIONS[self.precision],
+    doc="Name of the compute dtype (float32, float16, bfloat16), from precision.",
+)
+
+
+def defaults(concern, **values):
+    """One group with the schema's defaults, some replaced: `defaults("optimizer", optimizer="sgd")`
+    (for code and tests that need a group without a command line)."""
+    opts = {o.key: o.default for o in OPTIONS if o.concern == concern}
+    opts.update(values)
+    names = {f.name for f in dataclasses.fields(GROUPS[concern])}
+    return GROUPS[concern](**{k: v for k, v in opts.items() if k in names})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The resolved settings of one run, immutable and grouped by concern.
+
+    Attributes:
+      task: "pretraining", "SQuAD" or "GLUE".
+      model, data, optimizer, schedule, loop, checkpoint, logging, finetune, ipu: frozen groups
+        with one attribute per option of that concern (`cfg.loop.micro_batch_size`); options of
+        other scripts' scopes are None. `cfg.loop.tokens_per_step` and `cfg.loop.compute_dtype`
+        are derived.
+      script: the script's name; config_path: the --config file (or None).
+      explicit: read-only {option key: "config" | "cli"} for the keys set explicitly.
+    """
+
+    task: str
+    model: object
+    data: object
+    optimizer: object
+    schedule: object
+    loop: object
+    checkpoint: object
+    logging: object
+    finetune: object
+    ipu: object
+    script: str = "run_pretraining.py"
+    config_path: str | None = None
+    explicit: types.MappingProxyType = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
+    scopes: tuple = ("common",)
+
+    def flat(self):
+        """{option key: value} of every option of this script's scopes (what arguments.json holds)."""
+        out = {"task": self.task}
+        for concern in CONCERNS:
+            group = getattr(self, concern)
+            for o in OPTIONS:
+                if o.concern == concern and set(o.scopes) & set(self.scopes):
+                    out[o.key] = getattr(group, o.key)
+        return out
+
+    def source(self, key):
+        """Where `key` was set: "--flag", the config path, or "default"."""
+        where = self.explicit.get(key)
+        if where == "cli":
+            return f"--{key.replace('_', '-')}"
+        return self.config_path if where == "config" else "default"
+
+    def is_explicit(self, key):
+        return key in self.explicit
+
+    def save(self, path):
+        """Write the resolved options as JSON, atomically (temp file, then rename).
+
+        Option keys are written as they are, derived and provenance values with a "_" prefix
+        (`_config`, `_tokens_per_step`, `_explicit`), so the file is itself a valid `--config`.
+        """
+        data = self.flat()
+        data.update(
+            _config=self.config_path,
+            _tokens_per_step=self.loop.tokens_per_step,
+            _explicit=dict(self.explicit),
+        )
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_json(path, data)
+
+    def __getitem__(self, key):
+        """Read-only lookup of one option by key (`cfg["seed"]`); code reads the groups."""
+        if key not in SCHEMA:
+            raise KeyError(key)
+        concern = SCHEMA[key].concern
+        return self.task if concern == "task" else getattr(getattr(self, concern), key)
+
+    def updated(self, **values):
+        """A new RunConfig with these option values, derived values resolved again.
+
+        For values a task learns from its data or checkpoint (num_train_steps from the epochs,
+        vocab_size from a tokenizer): they count as derived, not as explicit settings.
+        """
+        unknown = [k for k in values if k not in SCHEMA]
+        if unknown:
+            raise ValueError(f"unknown option(s): {unknown}")
+        flat = {**self.flat(), **values}
+        return _freeze(flat, self.explicit, self.script, self.config_path, self.scopes)
+
+
+def _freeze(flat, explicit, script, config_path, scopes):
+    flat = dict(flat)
+    _derive_periods(flat)
+    groups = {}
+    for concern, cls in GROUPS.items():
+        names = {f.name for f in dataclasses.fields(cls)}
+        groups[concern] = cls(**{k: v for k, v in flat.items() if k in names})
+    return RunConfig(
+        task=flat["task"],
+        script=script,
+        config_path=config_path,
+        explicit=types.MappingProxyType(dict(explicit)),
+        scopes=tuple(scopes),
+        **groups,
+    )
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def _source(opts, explicit, key):
+    where = explicit.get(key)
     if where == "cli":
         return f"--{key.replace('_', '-')}"
-    return opts["config"] if where == "config" else "default"
+    return opts["_config"] if where == "config" else "default"
 
 
 def _fail(message):
@@ -253,13 +409,12 @@ def _fail(message):
 
 
 def _derive_batch(opts, explicit):
-    """Fill gradient_accumulation_count, global_batch_size and tokens_per_step."""
+    """Fill gradient_accumulation_count and global_batch_size (they agree afterwards)."""
     gbs, ga = opts["global_batch_size"], opts["gradient_accumulation_count"]
     mbs, replicas = opts["micro_batch_size"], opts["replicas"]
     if mbs is None:
         if gbs is not None:
             _fail("global_batch_size needs micro_batch_size to derive gradient_accumulation_count")
-        opts["tokens_per_step"] = None
         return
     per_step = mbs * replicas
     from_gbs = gbs is not None and (
@@ -275,8 +430,8 @@ def _derive_batch(opts, explicit):
                 fits = max(m for m in range(1, mbs + 1) if gbs // replicas % m == 0)
                 fix += f", or micro_batch_size {fits}"
             _fail(
-                f"global_batch_size {gbs} ({_source(opts, 'global_batch_size')}) is not a "
-                f"multiple of micro_batch_size x replicas = {mbs} x {replicas}; use {fix}"
+                f"global_batch_size {gbs} ({_source(opts, explicit, 'global_batch_size')}) is not "
+                f"a multiple of micro_batch_size x replicas = {mbs} x {replicas}; use {fix}"
             )
         opts["gradient_accumulation_count"] = gbs // per_step
     else:
@@ -287,15 +442,28 @@ def _derive_batch(opts, explicit):
             == _RANK[explicit.get("gradient_accumulation_count")]
             and gbs != per_step * ga
         ):
+            where = _source(opts, explicit, "global_batch_size")
             _fail(
                 f"global_batch_size {gbs} and gradient_accumulation_count {ga} (both from "
-                f"{_source(opts, 'global_batch_size').replace('--global-batch-size', 'flags')}) "
-                "disagree: micro_batch_size x "
+                f"{where.replace('--global-batch-size', 'flags')}) disagree: micro_batch_size x "
                 f"gradient_accumulation_count x replicas = {mbs} x {ga} x {replicas} = "
                 f"{per_step * ga}; give only one of them"
             )
     opts["global_batch_size"] = per_step * opts["gradient_accumulation_count"]
-    opts["tokens_per_step"] = opts["global_batch_size"] * opts["seq_length"]
+
+
+def _derive_periods(opts):
+    """device_iterations: steps round down, log/checkpoint/eval periods up to multiples of it; and
+    tokens per step. Idempotent (RunConfig.updated runs it again)."""
+    di = opts.get("device_iterations") or 1
+    if di > 1:
+        if opts.get("num_train_steps"):
+            opts["num_train_steps"] = max(di, opts["num_train_steps"] // di * di)
+        for key in ("steps_per_logs", "steps_per_ckpts", "steps_per_eval", "steps_per_tensorboard"):
+            if opts.get(key) and opts[key] > 0:
+                opts[key] = -(-opts[key] // di) * di
+    gbs = opts.get("global_batch_size")
+    opts["tokens_per_step"] = gbs * opts["seq_length"] if gbs and opts.get("seq_length") else None
 
 
 def _derive_vocab(opts, explicit):
@@ -306,30 +474,33 @@ def _derive_vocab(opts, explicit):
         with open(path, encoding="utf-8") as f:
             lines = sum(1 for _ in f)
     except OSError as err:
-        _fail(f"cannot read vocab_file {path} ({_source(opts, 'vocab_file')}): {err.strerror}")
+        _fail(
+            f"cannot read vocab_file {path} ({_source(opts, explicit, 'vocab_file')}): "
+            f"{err.strerror}"
+        )
     size = opts["vocab_size"]
     if size is None or _RANK[explicit.get("vocab_file")] > _RANK[explicit.get("vocab_size")]:
         opts["vocab_size"] = lines
     elif size < lines:
         # Larger is fine (padding rows, e.g. 30528 for a 30522-token vocab); smaller is not.
         _fail(
-            f"vocab_size {size} ({_source(opts, 'vocab_size')}) is smaller than the {lines} "
-            f"lines of vocab_file {path}; set vocab_size to {lines} or null"
+            f"vocab_size {size} ({_source(opts, explicit, 'vocab_size')}) is smaller than the "
+            f"{lines} lines of vocab_file {path}; set vocab_size to {lines} or null"
         )
 
 
-def _validate(opts):
+def _validate(opts, explicit):
     for key in POSITIVE:
         if opts.get(key) is not None and opts[key] < 1:
-            _fail(f"{key} must be at least 1, got {opts[key]} ({_source(opts, key)})")
+            _fail(f"{key} must be at least 1, got {opts[key]} ({_source(opts, explicit, key)})")
     for key in PROBABILITIES:
         if opts.get(key) is not None and not 0 <= opts[key] < 1:
-            _fail(f"{key} must be in [0, 1), got {opts[key]} ({_source(opts, key)})")
+            _fail(f"{key} must be in [0, 1), got {opts[key]} ({_source(opts, explicit, key)})")
     warmup = opts["warmup"]
     if not ((float(warmup).is_integer() and warmup >= 0) or 0 <= warmup < 1):
         _fail(
-            f"warmup {warmup} ({_source(opts, 'warmup')}) must be an integer number of steps "
-            "or a fraction in [0, 1)"
+            f"warmup {warmup} ({_source(opts, explicit, 'warmup')}) must be an integer number of "
+            "steps or a fraction in [0, 1)"
         )
     layers, stages = opts["num_hidden_layers"], opts["pipeline_stages"]
     if stages is not None and layers is not None:
@@ -337,7 +508,7 @@ def _validate(opts):
         if hid != layers:
             _fail(
                 f"pipeline_stages has {hid} 'hid' layers but num_hidden_layers is {layers} "
-                f"({_source(opts, 'pipeline_stages')})"
+                f"({_source(opts, explicit, 'pipeline_stages')})"
             )
     seq, positions = opts["seq_length"], opts["max_position_embeddings"]
     if positions is not None and seq > positions:
@@ -348,15 +519,24 @@ def _validate(opts):
     if hidden is not None and heads is not None and hidden % heads:
         _fail(
             f"hidden_size {hidden} is not divisible by num_attention_heads {heads} "
-            f"({_source(opts, 'hidden_size')})"
+            f"({_source(opts, explicit, 'hidden_size')})"
+        )
+    if opts["dynamic_loss_scaling"] and opts["loss_scaling_by_step"]:
+        _fail(
+            "loss_scaling_by_step is a static loss-scale schedule, but dynamic_loss_scaling adapts "
+            "the scale itself: set dynamic_loss_scaling false, or drop loss_scaling_by_step "
+            "(loss_scaling then sets the initial dynamic scale)"
         )
 
 
-def _warn_ignored(opts, options):
+def _warn_ignored(opts, explicit, options):
     def changed(o):
-        return o.key in opts["_explicit"] and opts[o.key] != o.default
+        return o.key in explicit and opts[o.key] != o.default
 
-    for flag, what in (("ipu_only", "IPU-only: no effect on CPU/GPU"), ("unused", "unused")):
+    for flag, what in (
+        ("ipu_only", "IPU-only: no effect on CPU/GPU"),
+        ("unused", "no effect here"),
+    ):
         keys = [o.key for o in options if getattr(o, flag) and changed(o)]
         if keys:
             print(f"warning: ignored options ({what}): {', '.join(keys)}", file=sys.stderr)
@@ -381,11 +561,7 @@ def parse_options(
       defaults: per-script default overrides {key: value}, e.g. {"task": "SQuAD"}.
 
     Returns:
-      A plain dict with every option key of `groups` (resolved), plus "config" (path or None),
-      "tokens_per_step" (int or None) and "_explicit" {key: "config" | "cli"} recording which keys
-      were set explicitly and where. Derived values: gradient_accumulation_count and
-      global_batch_size agree, vocab_size from vocab_file, a random seed if null,
-      dynamic_loss_scaling resolved to a bool.
+      RunConfig, every derived value resolved (see the module docstring).
 
     Raises:
       UserError: one line; exit code 64 for bad keys, flags, values or settings, 2 for an
@@ -397,58 +573,36 @@ def parse_options(
     if require_config and not any(a == "--config" or a.startswith("--config=") for a in argv):
         parser.print_help()
         raise SystemExit(0)
-    cli = vars(parser.parse_args(argv))
-    config_path = cli.pop("config", None)
+    given = vars(parser.parse_args(argv))
+    config_path = given.pop("config", None)
     config = load_config(config_path, options) if config_path else {}
-    opts = {o.key: o.default for o in options}
+    opts = {o.key: o.default for o in OPTIONS}
     for key, value in (defaults or {}).items():
         opts[key] = check_value(SCHEMA[key], value)
     explicit = {}
-    for where, values in (("config", config), ("cli", cli)):
+    for where, values in (("config", config), ("cli", given)):
         opts.update(values)
         explicit.update(dict.fromkeys(values, where))
-    opts["config"], opts["_explicit"] = config_path, explicit
+    opts["_config"] = config_path
     _derive_vocab(opts, explicit)
     _derive_batch(opts, explicit)
-    _validate(opts)
     if opts["seed"] is None:
         opts["seed"] = secrets.randbits(32)
     if opts["dynamic_loss_scaling"] is None:
         opts["dynamic_loss_scaling"] = opts["precision"] == "16"
-    _warn_ignored(opts, options)
-    return opts
+    _validate(opts, explicit)
+    _warn_ignored(opts, explicit, options)
+    del opts["_config"]
+    return _freeze(opts, explicit, script_name, config_path, ("common", *groups))
 
 
-def format_resolved(opts):
-    """Sorted `key: value` lines (values as JSON) of every option; "_" keys are left out."""
-    return "\n".join(f"{k}: {json.dumps(opts[k])}" for k in sorted(opts) if not k.startswith("_"))
+def format_resolved(cfg):
+    """Sorted `key: value` lines (values as JSON) of every option of the run."""
+    flat = cfg.flat()
+    return "\n".join(f"{k}: {json.dumps(flat[k])}" for k in sorted(flat))
 
 
-def save_resolved(opts, path):
-    """Write the resolved options as JSON, atomically (temp file, then rename).
-
-    Option keys are written as they are, other keys (config, tokens_per_step, _explicit) with a
-    "_" prefix, so the file is itself a valid `--config`.
-    """
-    data = {(k if k in SCHEMA or k.startswith("_") else f"_{k}"): v for k, v in opts.items()}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write_json(path, data)
-
-
-BERT_CONFIG_KEYS = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-    "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-    "type_vocab_size", "initializer_range", "max_predictions_per_seq",
-    "use_attention_projection_bias", "use_cls_layer", "use_qkv_split", "use_qkv_bias",
-    "use_prediction_bias", "static_mask", "layer_norm_eps", "position_offset", "groupbert",
-    "groupbert_ffn_output_groups", "groupbert_conv_kernel_size", "groupbert_conv_group_size",
-)  # fmt: skip
-
-
-def bert_config_from_options(opts):
-    """The BertConfig fields set in `opts` ({field: value}); null options are left out so that
-    BertConfig's own defaults (and its validation of missing fields) apply. `recompute` comes from
-    `enable_recomputation`."""
-    fields = {k: opts[k] for k in BERT_CONFIG_KEYS if opts.get(k) is not None}
-    fields["recompute"] = bool(opts.get("enable_recomputation", False))
-    return fields
+def bert_config_fields(cfg):
+    """The model_config.BertConfig fields the options set ({field: value}, nulls left out)."""
+    values = dataclasses.asdict(cfg.model)
+    return model_config.from_options(values)

@@ -1,16 +1,23 @@
 """The one training loop every script shares: strategy, accumulation, checkpoints, logging.
 
-A script gives `train()` a model (a `tf.Module` with a `params` dict of Google-named variables), a loss
-function `(model, features, training, dropout_seed, compute_dtype) -> {"loss": ..., metrics...}` and a
-tf.data dataset whose elements are one optimizer step: tensors [GA, micro_batch, ...]. The optimizer step
-(all GA micro-batches, gradient reduction, loss scaling, the update) is one `tf.function`, traced once and
-XLA-compiled when `xla` is on, built under a `tf.distribute` strategy.
+A task builds a model (a `tf.Module` with a `params` dict of Google-named variables, already
+initialised: loading a checkpoint happens before the loop), a loss function
+`(model, features, training, dropout_seed, compute_dtype) -> {"loss": ..., metrics...}` and a tf.data
+dataset whose elements are one optimizer step: tensors [GA, micro_batch, ...]. `Trainer` holds the
+optimizer and builds the compiled step: `device_iterations` optimizer steps (each: all GA
+micro-batches, gradient reduction, loss scaling, the update) in one `tf.function`, traced once and
+XLA-compiled when `xla` is on, under a `tf.distribute` strategy. `train()` runs it, logs, evaluates,
+checkpoints, and returns a `TrainResult`.
+
+The loop reads the run's settings from a typed config (`options.RunConfig`, passed in; this module does
+not import options) and restores only its own native checkpoints (`--restore-dir`).
 
 Determinism and resume: dropout masks come from stateless RNG seeded by (seed, step, micro-batch), the
 data order from seeded tf.data ops whose iterator state is checkpointed, so a run resumed from
 `ckpt-N` continues the exact trajectory of the uninterrupted run.
 """
 
+import dataclasses
 import datetime
 import os
 import signal
@@ -24,7 +31,7 @@ import optimization
 import runlog
 from common.errors import UserError
 
-COMPUTE_DTYPES = {"32": tf.float32, "16": tf.float16, "bf16": tf.bfloat16}
+DEFAULT_DYNAMIC_SCALE = 2.0**15  # initial dynamic loss scale when loss_scaling is not set
 
 
 def make_strategy(replicas):
@@ -74,10 +81,10 @@ def measured_peak_flops(dtype, seconds=0.5):
     return best
 
 
-def new_run_dir(opts):
+def new_run_dir(save_path, task, optimizer):
+    """`save_path/<task>_<optimizer>_<YYYYmmdd_HHMMSS.mmm>`, the reference's run-directory name."""
     stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S.%f")[:-3]
-    name = f"{opts['task']}_{opts['optimizer']}_{stamp}"
-    return os.path.join(opts["save_path"] or "checkpoints", name)
+    return os.path.join(save_path or "checkpoints", f"{task}_{optimizer}_{stamp}")
 
 
 class _Stop:
@@ -103,45 +110,73 @@ class _Stop:
 
 
 class Trainer:
-    """Builds the compiled optimizer step for a model, loss and options."""
+    """The optimizer, loss scaling, LR schedule and compiled step of one model and loss.
 
-    def __init__(self, opts, strategy, model, loss_fn, total_steps, tokens_fn=None):
-        self.opts = opts
+    Args:
+      cfg: the run's typed config (`options.RunConfig`): reads cfg.loop, cfg.optimizer,
+        cfg.schedule and cfg.checkpoint.
+      strategy: tf.distribute strategy the model was built under.
+      model: tf.Module with `params` {name: tf.Variable}.
+      loss_fn: (model, features, training, dropout_seed, compute_dtype) -> dict of float32 scalars
+        with "loss".
+      tokens_fn: optional micro-batch features -> number of real tokens (traced), for tokens/s.
+      lamb_wd_exclude: LAMB weight-decay exclusions (regexes), e.g. GroupBERT's; default BERT's.
+    """
+
+    def __init__(self, cfg, strategy, model, loss_fn, tokens_fn=None, lamb_wd_exclude=None):
+        loop = cfg.loop
+        self.loop = loop
         self.tokens_fn = tokens_fn
         self.strategy = strategy
         self.model = model
         self.loss_fn = loss_fn
-        self.compute_dtype = COMPUTE_DTYPES[opts["precision"]]
-        self.ga = opts["gradient_accumulation_count"]
-        self.fp16 = opts["precision"] == "16"
+        self.compute_dtype = tf.as_dtype(loop.compute_dtype)
+        self.ga = loop.gradient_accumulation_count
+        self.iterations = loop.device_iterations
+        self.save_slots = cfg.checkpoint.save_optimiser_to_checkpoint
+        fp16 = loop.precision == "16"
         with strategy.scope():
-            self.optimizer = optimization.make_optimizer(opts, model.params)
+            self.optimizer = optimization.make_optimizer(
+                cfg.optimizer, model.params, lamb_wd_exclude
+            )
             self.global_step = tf.Variable(
                 tf.constant(0, tf.int64),
                 name="global_step",
                 trainable=False,
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
-            self.dynamic = optimization.DynamicLossScale() if opts["dynamic_loss_scaling"] else None
-        self.schedule = lr_schedules.make_lr_schedule(opts["lr_schedule"], opts, total_steps)
+            self.dynamic = None
+            if loop.dynamic_loss_scaling:
+                # loss_scaling, when set, is where automatic loss scaling starts.
+                initial = loop.loss_scaling if cfg.is_explicit("loss_scaling") else None
+                self.dynamic = optimization.DynamicLossScale(initial or DEFAULT_DYNAMIC_SCALE)
+        schedule = dataclasses.asdict(cfg.schedule)
+        self.schedule = lr_schedules.make_lr_schedule(
+            schedule["lr_schedule"], schedule, loop.num_train_steps
+        )
         # Static loss scaling only matters for float16; in fp32/bf16 it would be a no-op.
         self.static_scale = optimization.LossScalingScheduler(
-            opts["loss_scaling"] if self.fp16 else 1.0,
-            opts.get("loss_scaling_by_step") if self.fp16 else None,
+            loop.loss_scaling if fp16 else 1.0, loop.loss_scaling_by_step if fp16 else None
         )
         self.train_names = [n for n, v in model.params.items() if v.trainable]
-        self.seed = int(opts["seed"]) % (2**31)
-        self._step_fn = None
+        self.seed = int(loop.seed) % (2**31)
+        self._step_fns = {}
 
     @property
     def state(self):
         """Every variable a checkpoint holds, by name."""
         state = dict(self.model.params)
-        state.update(self.optimizer.slots)
+        if self.save_slots:
+            state.update(self.optimizer.slots)
         state["global_step"] = self.global_step
         if self.dynamic is not None:
             state.update(self.dynamic.state)
         return state
+
+    @property
+    def required_state(self):
+        """Names a checkpoint must hold to resume: the weights and the step."""
+        return [*self.model.params, "global_step"]
 
     def _loss_scale(self, step):
         if self.dynamic is not None:
@@ -184,7 +219,7 @@ class Trainer:
             _, grads, metrics = tf.while_loop(
                 lambda i, *_: i < self.ga, body, (tf.constant(1), grads, metrics)
             )
-        divisor = scale * (self.ga if self.opts["reduction_type"] == "mean" else 1.0)
+        divisor = scale * (self.ga if self.loop.reduction_type == "mean" else 1.0)
         metrics = {k: v if k == "tokens" else v / self.ga for k, v in metrics.items()}
         return names, [g / divisor for g in grads], metrics
 
@@ -205,46 +240,88 @@ class Trainer:
         metrics["applied"] = tf.cast(apply, tf.float32)
         return metrics
 
-    def step_function(self):
-        """The compiled optimizer step: dataset element -> dict of float32 scalars.
+    def _one_step(self, batch, with_grads):
+        """One optimizer step on one replica's element (single-replica strategies)."""
+        names, grads, metrics = self._accumulate(batch)
+        metrics = self._apply(names, grads, metrics)
+        return metrics, (dict(zip(names, grads)) if with_grads else {})
 
-        One replica: accumulation and update are one function, XLA-compiled when `xla` is on. Several
-        replicas: each accumulates its share in replica context; gradients are reduced across replicas
-        (mean, or sum with reduction_type sum) and the update runs once in cross-replica context on the
-        mirrored variables (no XLA there: tf.distribute does not compile across devices).
+    def step_function(self, with_grads=False):
+        """The compiled call: `device_iterations` optimizer steps -> (metrics, gradients).
+
+        Its argument is a list of `device_iterations` step inputs (see `train`). It returns
+        {name: float32 [device_iterations]} metrics of every step and, with `with_grads`, the last
+        step's unscaled reduced gradients {variable name: tensor} (for histograms).
+
+        One replica: the steps are a `tf.while_loop` in one function, XLA-compiled when `xla` is
+        on. Several replicas: each accumulates its share in replica context; gradients are reduced
+        across replicas (mean, or sum with reduction_type sum) and the update runs once in
+        cross-replica context on the mirrored variables (no XLA there: tf.distribute does not
+        compile across devices); the steps of one call are unrolled.
         """
-        if self._step_fn is not None:
-            return self._step_fn
-        strategy = self.strategy
+        if with_grads in self._step_fns:
+            return self._step_fns[with_grads]
+        strategy, n = self.strategy, self.iterations
         if strategy.num_replicas_in_sync == 1:
 
-            def single(batch):
-                names, grads, metrics = self._accumulate(batch)
-                return self._apply(names, grads, metrics)
+            def single(batches):
+                if n == 1:
+                    metrics, grads = self._one_step(batches[0], with_grads)
+                    return {k: v[tf.newaxis] for k, v in metrics.items()}, grads
+                stacked = {k: tf.stack([b[k] for b in batches]) for k in batches[0]}
+                return self._iterate(stacked, with_grads)
 
-            self._step_fn = tf.function(single, jit_compile=bool(self.opts["xla"]))
-            return self._step_fn
+            fn = tf.function(single, jit_compile=bool(self.loop.xla))
+        else:
+            fn = tf.function(lambda batches: self._distributed(batches, with_grads))
+        self._step_fns[with_grads] = fn
+        return fn
+
+    def _iterate(self, stacked, with_grads):
+        """`device_iterations` steps in a tf.while_loop over stacked inputs [N, GA, mb, ...]."""
+        n = self.iterations
+        metrics, grads = self._one_step({k: v[0] for k, v in stacked.items()}, with_grads)
+        arrays = {k: tf.TensorArray(v.dtype, size=n).write(0, v) for k, v in metrics.items()}
+
+        def body(i, arrays, grads):
+            m, g = self._one_step({k: v[i] for k, v in stacked.items()}, with_grads)
+            return i + 1, {k: a.write(i, m[k]) for k, a in arrays.items()}, g
+
+        _, arrays, grads = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(1), arrays, grads))
+        return {k: a.stack() for k, a in arrays.items()}, grads
+
+    def _distributed(self, batches, with_grads):
+        strategy = self.strategy
         sum_op, mean_op = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
-        grad_op = mean_op if self.opts["reduction_type"] == "mean" else sum_op
-        holder = {}
+        grad_op = mean_op if self.loop.reduction_type == "mean" else sum_op
+        holder, steps, grads = {}, [], {}
 
         def replica(batch):
-            names, grads, metrics = self._accumulate(batch)
+            names, g, m = self._accumulate(batch)
             holder["names"] = names
-            return grads, metrics
+            return g, m
 
-        @tf.function
-        def multi(batch):
-            grads, metrics = strategy.run(replica, args=(batch,))
-            grads = [strategy.reduce(grad_op, g, axis=None) for g in grads]
-            metrics = {
+        for batch in batches:
+            g, m = strategy.run(replica, args=(batch,))
+            g = [strategy.reduce(grad_op, x, axis=None) for x in g]
+            m = {
                 k: strategy.reduce(sum_op if k == "tokens" else mean_op, v, axis=None)
-                for k, v in metrics.items()
+                for k, v in m.items()
             }
-            return self._apply(holder["names"], grads, metrics)
+            steps.append(self._apply(holder["names"], g, m))
+            grads = dict(zip(holder["names"], g)) if with_grads else {}
+        return {k: tf.stack([s[k] for s in steps]) for k in steps[0]}, grads
 
-        self._step_fn = multi
-        return self._step_fn
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns: the last step's metrics (Python floats), the run directory, the
+    last evaluation's results (or None), and whether the run stopped early on a signal."""
+
+    metrics: dict
+    run_dir: str
+    evaluation: dict | None
+    stopped: bool
 
 
 def _format_line(step, epoch, m, samples_per_sec, tokens_per_sec, mfu, elapsed, total):
@@ -269,224 +346,326 @@ def _format_line(step, epoch, m, samples_per_sec, tokens_per_sec, mfu, elapsed, 
     return ", ".join(parts)
 
 
-def _summary_tags(m, epoch, samples_per_sec, samples, tokens_per_sec, mfu, skipped):
-    tags = {"epoch": epoch, "learning_rate": m["learning_rate"], "loss_scaling": m["loss_scaling"]}
-    for key, tag in (
-        ("mlm_loss", "loss/MLM"),
-        ("nsp_loss", "loss/NSP"),
-        ("mlm_acc", "accuracy/MLM"),
-        ("nsp_acc", "accuracy/NSP"),
-        ("loss", "loss/total"),
-        ("acc", "accuracy/train"),
-    ):
-        if key in m:
-            tags[tag] = m[key]
-    tags.update(
-        samples_per_sec=samples_per_sec,
-        samples=samples,
-        tokens_per_sec=tokens_per_sec,
-        grad_norm=m["grad_norm"],
-        skipped_steps=skipped,
+_TAGS = (
+    ("mlm_loss", "loss/MLM"),
+    ("nsp_loss", "loss/NSP"),
+    ("mlm_acc", "accuracy/MLM"),
+    ("nsp_acc", "accuracy/NSP"),
+    ("loss", "loss/total"),
+    ("acc", "accuracy/train"),
+    ("learning_rate", "learning_rate"),
+    ("loss_scaling", "loss_scaling"),
+    ("grad_norm", "grad_norm"),
+)
+
+
+def _step_tags(m):
+    return {tag: m[key] for key, tag in _TAGS if key in m}
+
+
+def _flops_peak(flops_per_sample, trainer, precision, run):
+    if not flops_per_sample:
+        return None
+    peak = measured_peak_flops(trainer.compute_dtype)
+    run.log(f"matmul peak of this machine ({precision}): {peak / 1e9:.0f} GFLOP/s")
+    return peak
+
+
+def _restore(cfg, trainer, iterator, run):
+    """--restore-dir: exact resume from our own checkpoint (weights, optimizer, step, data)."""
+    prefix = checkpoints.resolve(cfg.checkpoint.restore_dir)
+    checkpoints.restore(prefix, trainer.state, required=trainer.required_state)
+    resumed_data = checkpoints.restore_iterator(prefix, iterator)
+    run.log(
+        f"resumed from {prefix} at step {int(trainer.global_step.numpy())}"
+        + ("" if resumed_data else " (no data position saved: data restarts)")
     )
-    if mfu is not None:
-        tags["mfu"] = mfu
-    return tags
-
-
-def restore_for_training(opts, trainer, iterator, run, init_fn=None):
-    """--restore-dir (exact resume), else `init_fn(run)` if given (fine-tuning: the task loads the
-    encoder and lets its head start fresh), else --init-checkpoint (weights, optimizer where
-    present, step 0)."""
-    if opts.get("restore_dir"):
-        prefix = checkpoints.resolve(opts["restore_dir"])
-        checkpoints.restore(prefix, trainer.state)
-        resumed_data = checkpoints.restore_iterator(prefix, iterator)
-        run.log(
-            f"resumed from {prefix} at step {int(trainer.global_step.numpy())}"
-            + ("" if resumed_data else " (no data position saved: data restarts)")
-        )
-        return
-    if init_fn is not None:
-        init_fn(run)
-        return
-    if opts.get("init_checkpoint"):
-        import interop  # native, Google TF1 or Hugging Face checkpoints, converted by name
-
-        report = interop.load_into(
-            opts["init_checkpoint"],
-            {**trainer.model.params, **trainer.optimizer.slots},
-            required=list(trainer.model.params),
-        )
-        slots = [n for n in report.loaded if n in trainer.optimizer.slots]
-        converted = "" if report.format == "native" else f" (converted from {report.format})"
-        run.log(
-            f"initialised from {report.source}{converted}: "
-            f"{len(report.loaded) - len(slots)} model variables, {len(slots)} optimizer slots"
-            + (f" ({len(report.missing)} optimizer slots start fresh)" if report.missing else "")
-            + (
-                f"; unused checkpoint tensors: {len(report.unexpected)}"
-                if report.unexpected
-                else ""
-            )
-        )
 
 
 def train(
-    opts,
-    model,
-    loss_fn,
+    cfg,
+    trainer,
     dataset,
+    *,
+    samples_per_epoch,
     flops_per_sample=None,
-    tokens_fn=None,
     evaluate=None,
-    init_fn=None,
+    notes=(),
 ):
-    """Runs `num_train_steps` optimizer steps; returns the last step's metrics (Python floats).
+    """Runs `cfg.loop.num_train_steps` optimizer steps; returns a `TrainResult`.
 
     Args:
-      opts: resolved options (options.parse_options).
-      model: tf.Module with `params` (created under `strategy.scope()` by the caller via
-        `opts["_strategy"]`).
-      loss_fn: (model, features, training, dropout_seed, compute_dtype) -> dict of float32 scalars
-        with "loss" (+ "mlm_loss", "mlm_acc", ... for logging).
-      dataset: tf.data.Dataset of one-step elements [GA, micro_batch, ...].
+      cfg: the run's typed config (options.RunConfig).
+      trainer: `Trainer` of the (already initialised) model.
+      dataset: tf.data.Dataset of one-step elements [GA, micro_batch, ...] (per replica).
+      samples_per_epoch: number of distinct samples in one epoch (for the logged epoch).
       flops_per_sample: model FLOPs of one training sequence, for MFU.
-      tokens_fn: micro-batch features -> number of real (non-pad) tokens (traced), for tokens/s.
-      evaluate: optional callable(run) run after the last step (e.g. held-out MLM accuracy).
-      init_fn: optional callable(run) that initialises the model when not resuming (instead of
-        the plain --init-checkpoint load).
-    The run directory is left in opts["_run_dir"].
+      evaluate: optional callable(step) -> {name: float} of held-out metrics; run every
+        `steps_per_eval` steps and after the last step.
+      notes: lines to log once the run directory exists (e.g. what was loaded before the loop).
     """
-    strategy = opts["_strategy"]
-    total_steps = opts["num_train_steps"]
-    trainer = Trainer(opts, strategy, model, loss_fn, total_steps, tokens_fn)
-    if opts.get("compile_only"):
-        start = time.time()
-        trainer.step_function().get_concrete_function(dataset.element_spec)
-        print(f"traced the training step in {time.time() - start:.1f} s (nothing was trained)")
-        return {}
-    run_dir = (
-        opts["restore_dir"]
-        if opts.get("restore_dir") and os.path.isdir(opts["restore_dir"])
-        else None
-    )
+    if cfg.loop.compile_only:
+        return _compile_only(cfg, trainer, dataset)
+    restore_dir = cfg.checkpoint.restore_dir
+    run_dir = restore_dir if restore_dir and os.path.isdir(restore_dir) else None
     run = runlog.Run(
-        run_dir or new_run_dir(opts),
-        wandb=bool(opts.get("wandb")),
-        wandb_project=opts.get("wandb_project"),
-        wandb_name=opts.get("wandb_name"),
-        config={k: v for k, v in opts.items() if not k.startswith("_")},
+        run_dir or new_run_dir(cfg.checkpoint.save_path, cfg.task, cfg.optimizer.optimizer),
+        wandb=bool(cfg.logging.wandb),
+        wandb_project=cfg.logging.wandb_project,
+        wandb_name=cfg.logging.wandb_name,
+        config=cfg.flat(),
     )
-    opts["_run_dir"] = run.dir
     try:
-        return _train(opts, trainer, dataset, run, flops_per_sample, evaluate, init_fn)
+        return _Loop(cfg, trainer, dataset, run, samples_per_epoch, evaluate).run(
+            flops_per_sample, notes
+        )
     finally:
         run.close()
 
 
-def _train(opts, trainer, dataset, run, flops_per_sample, evaluate, init_fn=None):
-    import options as options_module
+class _Loop:
+    """One call of `train`: state shared by its steps."""
 
-    strategy = trainer.strategy
-    options_module.save_resolved(
-        {k: v for k, v in opts.items() if k not in ("_strategy", "_run_dir")},
-        os.path.join(run.dir, "arguments.json"),
-    )
-    if hasattr(trainer.model, "config"):
-        trainer.model.config.to_json_file(os.path.join(run.dir, "bert_config.json"))
-    run.log(f"run directory: {run.dir}")
-    iterator = iter(dataset)  # a plain iterator: its position goes into every checkpoint
-    replicas = strategy.num_replicas_in_sync
+    def __init__(self, cfg, trainer, dataset, run, samples_per_epoch, evaluate):
+        self.cfg, self.trainer, self.run_log, self.evaluate = cfg, trainer, run, evaluate
+        self.logging = cfg.logging
+        self.samples_per_epoch = max(samples_per_epoch, 1)
+        self.iterator = iter(dataset)  # a plain iterator: its position goes into every checkpoint
+        self.replicas = trainer.strategy.num_replicas_in_sync
+        self.evaluation = None
 
-    def next_batch():
-        if replicas == 1:
-            return next(iterator)
-        # Each element is one replica's [GA, micro_batch] share; replicas take elements in turn.
-        shares = [next(iterator) for _ in range(replicas)]
-        return strategy.experimental_distribute_values_from_function(
-            lambda ctx: shares[ctx.replica_id_in_sync_group]
-        )
+    def next_batches(self):
+        """The inputs of one call: `device_iterations` step inputs."""
+        trainer, out = self.trainer, []
+        for _ in range(trainer.iterations):
+            if self.replicas == 1:
+                out.append(next(self.iterator))
+                continue
+            # Each element is one replica's [GA, micro_batch] share; replicas take them in turn.
+            shares = [next(self.iterator) for _ in range(self.replicas)]
+            out.append(
+                trainer.strategy.experimental_distribute_values_from_function(
+                    lambda ctx, s=shares: s[ctx.replica_id_in_sync_group]
+                )
+            )
+        return out
 
-    restore_for_training(opts, trainer, iterator, run, init_fn)
-    step_fn = trainer.step_function()
-    gbs = opts["global_batch_size"]
-    samples_per_epoch = max(opts.get("_num_samples", 0) / max(opts["duplicate_factor"] or 1, 1), 1)
-    peak = None
-    if flops_per_sample:
-        peak = opts.get("peak_tflops") and opts["peak_tflops"] * 1e12
-        peak = peak or measured_peak_flops(trainer.compute_dtype)
-        run.log(f"matmul peak of this machine ({opts['precision']}): {peak / 1e9:.0f} GFLOP/s")
-    _round_periods(opts, run)
-    first = int(trainer.global_step.numpy())
-    if first >= opts["num_train_steps"]:
-        run.log(f"nothing to do: the checkpoint is already at step {first}")
-        return {}
-    start = time.time()
-    metrics = {}
-    from tqdm import tqdm
+    def run(self, flops_per_sample, notes):
+        cfg, trainer, run = self.cfg, self.trainer, self.run_log
+        loop = cfg.loop
+        cfg.save(os.path.join(run.dir, "arguments.json"))
+        if hasattr(trainer.model, "config"):
+            trainer.model.config.to_json_file(os.path.join(run.dir, "bert_config.json"))
+        run.log(f"run directory: {run.dir}")
+        for line in notes:
+            run.log(line)
+        if cfg.checkpoint.restore_dir:
+            _restore(cfg, trainer, self.iterator, run)
+        peak = _flops_peak(flops_per_sample, trainer, loop.precision, run)
+        total, n = loop.num_train_steps, trainer.iterations
+        first = int(trainer.global_step.numpy())
+        if first >= total:
+            run.log(f"nothing to do: the checkpoint is already at step {first}")
+            return TrainResult({}, run.dir, None, False)
+        if first % n:
+            raise UserError(
+                f"the checkpoint is at step {first}, not a multiple of device_iterations {n}: "
+                f"resume with the device_iterations the run was started with"
+            )
+        if n > 1:
+            run.log(f"device_iterations {n}: {n} optimizer steps per compiled call")
+        start, metrics = time.time(), {}
+        from tqdm import tqdm
 
-    bar = tqdm(total=opts["num_train_steps"], initial=first, disable=None, unit="step", leave=False)
-    with _Stop() as stop:
-        for step in range(first, opts["num_train_steps"]):
-            t = time.time()
-            batch = next_batch()
-            out = step_fn(batch)
-            metrics = {k: float(v) for k, v in out.items()}
-            elapsed = time.time() - t
-            if not metrics["applied"] and trainer.dynamic is None:
+        bar = tqdm(total=total, initial=first, disable=None, unit="step", leave=False)
+        profiler = _Profiler(loop, run.dir)
+        with _Stop() as stop:
+            for call_start in range(first, total, n):
+                last_step = call_start + n - 1
+                wants_grads = _due(self.logging.steps_per_tensorboard, call_start, n)
+                t = time.time()
+                profiler.before(call_start)
+                stacked, grads = trainer.step_function(wants_grads)(self.next_batches())
+                per_step = [
+                    {k: float(v[i]) for k, v in stacked.items()} for i in range(n)
+                ]  # host sync: the call is done
+                elapsed = time.time() - t
+                profiler.after(last_step)
+                metrics = per_step[-1]
+                self._check_finite(per_step, call_start)
+                bar.update(n)
+                last = last_step == total - 1
+                for i, m in enumerate(per_step):
+                    run.scalars(call_start + i, _step_tags(m))
+                if _due(self.logging.steps_per_logs, call_start, n) or last:
+                    bar.clear()
+                    self._log(
+                        last_step, metrics, elapsed, time.time() - start, flops_per_sample, peak
+                    )
+                if wants_grads:
+                    self._histograms(last_step, grads)
+                if self.evaluate is not None and (
+                    _due(self.logging.steps_per_eval, call_start, n, every=True) and not last
+                ):
+                    self._evaluate(last_step)
+                if _due(cfg.checkpoint.steps_per_ckpts, call_start, n) or last or stop.requested:
+                    prefix = checkpoints.save(
+                        run.dir, last_step, trainer.state, self.iterator, cfg.checkpoint.max_to_keep
+                    )
+                    if stop.requested:
+                        run.log(
+                            f"{stop.requested}: saved {prefix}; resume with --restore-dir {run.dir}"
+                        )
+                        break
+                _check_skips(trainer, last_step)
+        bar.close()
+        profiler.close()
+        if self.evaluate is not None and not stop.requested:
+            self._evaluate(total - 1)
+        return TrainResult(metrics, run.dir, self.evaluation, bool(stop.requested))
+
+    def _check_finite(self, per_step, call_start):
+        if self.trainer.dynamic is not None:
+            return
+        for i, m in enumerate(per_step):
+            if not m["applied"]:
                 raise UserError(
-                    f"loss or gradients are NaN/Inf at step {step} (loss {metrics['loss']}); "
+                    f"loss or gradients are NaN/Inf at step {call_start + i} (loss {m['loss']}); "
                     "the update was not applied and nothing was saved: lower the learning rate, "
                     "check the data, or use precision 32"
                 )
-            bar.update(1)
-            last = step == opts["num_train_steps"] - 1
-            if step % opts["steps_per_logs"] == 0 or last:
-                sps = gbs / elapsed
-                tps = metrics.get("tokens", 0.0) / elapsed
-                mfu = sps * flops_per_sample / peak if peak else None
-                epoch = (step + 1) * gbs / samples_per_epoch
-                skipped = int(trainer.dynamic.skipped_steps.numpy()) if trainer.dynamic else 0
-                line = _format_line(
-                    step, epoch, metrics, sps, tps, mfu, elapsed, time.time() - start
-                )
-                if trainer.dynamic is not None:
-                    line += f", loss_scale: {metrics['loss_scaling']:g}, skipped_steps: {skipped}"
-                bar.clear()
-                run.log(line)
-                run.scalars(
-                    step, _summary_tags(metrics, epoch, sps, (step + 1) * gbs, tps, mfu, skipped)
-                )
-            if step % opts["steps_per_ckpts"] == 0 or last or stop.requested:
-                prefix = checkpoints.save(
-                    run.dir, step, trainer.state, iterator, opts["max_to_keep"]
-                )
-                if stop.requested:
-                    run.log(
-                        f"{stop.requested}: saved {prefix}; resume with --restore-dir {run.dir}"
-                    )
-                    break
-            _check_skips(trainer, step)
-    bar.close()
-    if evaluate is not None and not stop.requested:
-        evaluate(run)
-    return metrics
+
+    def _log(self, step, m, elapsed, total_time, flops_per_sample, peak):
+        trainer, run, gbs = self.trainer, self.run_log, self.cfg.loop.global_batch_size
+        n = trainer.iterations
+        sps = gbs * n / elapsed
+        tps = m.get("tokens", 0.0) / (elapsed / n)
+        mfu = sps * flops_per_sample / peak if peak else None
+        epoch = (step + 1) * gbs / self.samples_per_epoch
+        skipped = int(trainer.dynamic.skipped_steps.numpy()) if trainer.dynamic else 0
+        line = _format_line(step, epoch, m, sps, tps, mfu, elapsed, total_time)
+        if trainer.dynamic is not None:
+            line += f", loss_scale: {m['loss_scaling']:g}, skipped_steps: {skipped}"
+        run.log(line)
+        tags = dict(
+            epoch=epoch,
+            samples_per_sec=sps,
+            samples=(step + 1) * gbs,
+            tokens_per_sec=tps,
+            skipped_steps=skipped,
+        )
+        if mfu is not None:
+            tags["mfu"] = mfu
+        run.scalars(step, tags)
+
+    def _histograms(self, step, grads):
+        params = self.trainer.model.params
+        values = {f"weights/{n}": v.numpy() for n, v in params.items()}
+        values.update({f"gradients/{n}": g.numpy() for n, g in grads.items()})
+        self.run_log.histograms(step, values)
+
+    def _evaluate(self, step):
+        result = self.evaluate(step)
+        self.evaluation = result
+        self.run_log.log(
+            f"eval at step {step}: " + ", ".join(f"{k}: {v:.5f}" for k, v in result.items())
+        )
+        self.run_log.scalars(step, {f"eval/{k}": v for k, v in result.items()})
 
 
-def _round_periods(opts, run):
-    """device_iterations (reference: steps per host call): the number of steps is rounded down and
-    the log and checkpoint periods up to multiples of it, as the reference did; each step is still
-    one call here."""
-    di = opts["device_iterations"]
-    if di <= 1:
-        return
-    opts["num_train_steps"] = max(di, opts["num_train_steps"] // di * di)
-    for key in ("steps_per_logs", "steps_per_ckpts"):
-        opts[key] = -(-opts[key] // di) * di
-    run.log(
-        f"device_iterations {di}: {opts['num_train_steps']} steps, logs every "
-        f"{opts['steps_per_logs']}, checkpoints every {opts['steps_per_ckpts']}"
+def _due(period, call_start, n, every=False):
+    """Whether a call covering steps [call_start, call_start + n) reaches a period boundary.
+
+    Logs and checkpoints happen at steps 0, period, 2 x period, ... (the reference's rule);
+    with `every`, after each `period` steps instead (evaluation: steps period-1, 2 x period-1, ...).
+    """
+    if not period or period <= 0:
+        return False
+    if every:
+        return (call_start + n) % period == 0
+    return any((call_start + i) % period == 0 for i in range(n))
+
+
+class _Profiler:
+    """execution_profile: a TensorFlow profiler trace of the steps profile_start_step ..
+    profile_start_step + profile_steps - 1, written under the run's event directory (TensorBoard's
+    Profile tab)."""
+
+    def __init__(self, loop, run_dir):
+        self.on = bool(loop.execution_profile)
+        self.first = loop.profile_start_step
+        self.last = loop.profile_start_step + loop.profile_steps - 1
+        self.logdir = os.path.join(run_dir, "event")
+        self.active = False
+
+    def before(self, step):
+        if self.on and not self.active and step >= self.first and step <= self.last:
+            tf.profiler.experimental.start(self.logdir)
+            self.active = True
+
+    def after(self, step):
+        if self.active and step >= self.last:
+            self.close()
+
+    def close(self):
+        if self.active:
+            tf.profiler.experimental.stop()
+            self.active = False
+            print(f"profile of steps {self.first}..{self.last} written under {self.logdir}")
+
+
+def _compile_only(cfg, trainer, dataset):
+    """--compile-only: trace and compile the step (XLA when on), report time and memory, exit."""
+    spec = [dataset.element_spec] * trainer.iterations
+    fn = trainer.step_function()
+    start = time.time()
+    concrete = fn.get_concrete_function(spec)
+    traced = time.time() - start
+    how = "traced (no XLA)"
+    if cfg.loop.xla and trainer.strategy.num_replicas_in_sync == 1:
+        fn.experimental_get_compiler_ir(spec)(stage="optimized_hlo")
+        how = "compiled with XLA"
+    seconds = time.time() - start
+    memory = memory_estimate(trainer, dataset.element_spec, concrete)
+    print(f"Compile time: {seconds:.1f} s ({how}; tracing {traced:.1f} s)")
+    print(
+        "memory estimate: "
+        + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in memory.items())
+        + " (activations: every float tensor of one step's graph, an upper bound)"
     )
+    print("Training graph successfully compiled; nothing was trained")
+    return TrainResult({}, None, None, False)
+
+
+def _nbytes(shape, dtype):
+    return shape.num_elements() * dtype.size if shape.is_fully_defined() else 0
+
+
+def memory_estimate(trainer, element_spec, concrete):
+    """Bytes of the step's persistent state, its input and its intermediate tensors.
+
+    Returns:
+      {"weights", "optimizer state", "input", "activations", "total"}: weights and optimizer state
+      are exact; activations sum every floating-point output of the traced step's ops (without
+      buffer reuse, so an upper bound).
+    """
+    weights = sum(_nbytes(v.shape, v.dtype) for v in trainer.model.params.values())
+    slots = sum(_nbytes(v.shape, v.dtype) for v in trainer.optimizer.slots.values())
+    inputs = sum(_nbytes(s.shape, s.dtype) for s in tf.nest.flatten(element_spec))
+    inputs *= trainer.iterations
+    activations = 0
+    for op in concrete.graph.get_operations():
+        for out in op.outputs:
+            if out.dtype.is_floating:
+                activations += _nbytes(out.shape, out.dtype)
+    total = weights + slots + inputs + activations
+    return {
+        "weights": weights,
+        "optimizer state": slots,
+        "input": inputs,
+        "activations": activations,
+        "total": total,
+    }
 
 
 def _check_skips(trainer, step, limit=0.5):

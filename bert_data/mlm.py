@@ -24,7 +24,7 @@ import numpy as np
 
 from bert_data import pretraining
 from bert_data.create_bpe_tokenizer import BOS, EOS, MASK, SPECIAL_TOKENS, load_tokenizer
-from bert_data.pretraining import _batch
+from bert_data.pretraining import batch_steps
 from bert_data.records import parse_example
 from common.errors import UserError
 from common.hashing import fmix32
@@ -227,13 +227,13 @@ def dynamic_mask(features, seed, mask_prob, max_predictions, special_ids, vocab_
     }
 
 
-def _mask_fn(opts, seed, masking):
+def _mask_fn(pipe, seed, masking):
     def fn(features):
         return dynamic_mask(
             features,
             seed,
             masking.mask_prob,
-            opts["max_predictions_per_seq"],
+            pipe.max_predictions_per_seq,
             masking.special_ids,
             masking.vocab_size,
             masking.mask_id,
@@ -245,7 +245,7 @@ def _mask_fn(opts, seed, masking):
 # ----------------------------------------------------------------------------- datasets
 
 
-def mlm_dataset(files, opts, seed, masking, shard=(1, 0)):
+def mlm_dataset(files, pipe, seed, masking, shard=(1, 0)):
     """Records -> masked batches [GA, micro_batch, ...], repeated forever, deterministic for `seed`.
 
     The record order is bert_data.pretraining's (file order reshuffled every pass, records
@@ -257,7 +257,7 @@ def mlm_dataset(files, opts, seed, masking, shard=(1, 0)):
 
     Args:
       files: TFRecord paths from create_mlm_data.py.
-      opts: resolved options (seq_length, max_predictions_per_seq, micro_batch_size,
+      pipe: bert_data.pretraining.Pipeline (seq_length, max_predictions_per_seq, micro_batch_size,
         gradient_accumulation_count, parallel_io_threads, sloppy_parallel_interleave).
       seed: data seed (order and masks).
       masking: Masking.
@@ -265,10 +265,10 @@ def mlm_dataset(files, opts, seed, masking, shard=(1, 0)):
     """
     import tensorflow as tf
 
-    ds = pretraining.shuffled_records(files, opts, seed, shard).enumerate()
+    ds = pretraining.shuffled_records(files, pipe, seed, shard).enumerate()
     ds = ds.map(lambda i, r: {"record": r, "epoch": tf.constant(0, tf.int64), "index": i})
-    spec = parse_spec(opts["seq_length"])
-    return _batch(ds, opts, _parse_and_mask(spec, _mask_fn(opts, seed, masking)))
+    spec = parse_spec(pipe.seq_length)
+    return batch_steps(ds, pipe, _parse_and_mask(spec, _mask_fn(pipe, seed, masking)))
 
 
 def _parse_and_mask(spec, mask):
@@ -281,25 +281,25 @@ def _parse_and_mask(spec, mask):
     return fn
 
 
-def eval_dataset(files, opts, masking, seed=0):
+def eval_dataset(files, pipe, masking, seed=0):
     """One ordered pass over `files` in micro-batches [B, ...] (the last may be smaller), with the
     same masks at every evaluation (epoch 0 of `seed`)."""
     import tensorflow as tf
 
-    spec = parse_spec(opts["seq_length"])
+    spec = parse_spec(pipe.seq_length)
     ds = tf.data.TFRecordDataset(files).enumerate()
     ds = ds.map(lambda i, r: {"record": r, "epoch": tf.constant(0, tf.int64), "index": i})
-    ds = ds.batch(opts["micro_batch_size"])
-    parse = _parse_and_mask(spec, _mask_fn(opts, seed, masking))
+    ds = ds.batch(pipe.micro_batch_size)
+    parse = _parse_and_mask(spec, _mask_fn(pipe, seed, masking))
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
-def generated_dataset(opts, seed, masking, samples=1000):
+def generated_dataset(pipe, seed, masking, samples=1000):
     """`--generated-data` for model_type roberta: random packed sequences `<s> ... </s>`, cached and
     repeated, masked dynamically like real data."""
     import tensorflow as tf
 
-    seq = opts["seq_length"]
+    seq = pipe.seq_length
     rng = np.random.default_rng(seed)
     ordinary = np.setdiff1d(np.arange(masking.vocab_size), masking.special_ids)
     ids = rng.choice(ordinary, size=(samples, seq)).astype(np.int32)
@@ -307,4 +307,4 @@ def generated_dataset(opts, seed, masking, samples=1000):
     feats = {"input_ids": ids, "input_mask": np.ones((samples, seq), np.int32)}
     ds = tf.data.Dataset.from_tensor_slices(feats).repeat().enumerate()
     ds = ds.map(lambda i, x: {**x, "epoch": i // samples, "index": i % samples})
-    return _batch(ds, opts, _mask_fn(opts, seed, masking))
+    return batch_steps(ds, pipe, _mask_fn(pipe, seed, masking))

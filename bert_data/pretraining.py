@@ -7,6 +7,7 @@ interleave and shuffle), and the iterator can be saved in a checkpoint, so a res
 records the uninterrupted run would have read, without re-reading the ones already consumed.
 """
 
+import dataclasses
 import glob
 import os
 
@@ -17,6 +18,27 @@ from bert_data.records import parse_example
 from common.errors import UserError
 
 SHUFFLE_BUFFER = 10000
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """What the input pipelines need to know: record layout and batching.
+
+    Attributes:
+      seq_length, max_predictions_per_seq, static_mask: the records' layout (checked by
+        `check_files`).
+      micro_batch_size, gradient_accumulation_count: elements are [GA, micro_batch, ...].
+      parallel_io_threads: files read and parsed in parallel.
+      sloppy_parallel_interleave: allow a non-deterministic interleave (no exact resume).
+    """
+
+    seq_length: int
+    max_predictions_per_seq: int = 20
+    static_mask: bool = False
+    micro_batch_size: int = 1
+    gradient_accumulation_count: int = 1
+    parallel_io_threads: int = 4
+    sloppy_parallel_interleave: bool = False
 
 
 def expand_train_files(spec):
@@ -102,28 +124,27 @@ def _to_model_features(parsed, static_mask):
     return out
 
 
-def tfrecord_dataset(files, opts, seed, shard=(1, 0)):
+def tfrecord_dataset(files, pipe, seed, shard=(1, 0)):
     """Records -> batches of [GA, micro_batch, ...], repeated forever, deterministic for `seed`.
 
     Args:
       files: TFRecord paths.
-      opts: resolved options (seq_length, max_predictions_per_seq, static_mask, micro_batch_size,
-        gradient_accumulation_count, parallel_io_threads).
+      pipe: Pipeline (layout, batching, parallel_io_threads).
       seed: data-order seed.
       shard: (number of input pipelines, this pipeline's index) for multi-worker training.
     """
     import tensorflow as tf
 
-    seq, P, static = opts["seq_length"], opts["max_predictions_per_seq"], opts["static_mask"]
+    seq, P, static = pipe.seq_length, pipe.max_predictions_per_seq, pipe.static_mask
     spec = records.parse_spec(seq, P, static)
     if static:
         # masked_lm_positions is variable-length in this layout and not needed by the model.
         spec.pop("masked_lm_positions")
-    ds = shuffled_records(files, opts, seed, shard)
-    return _batch(ds, opts, lambda r: _to_model_features(tf.io.parse_example(r, spec), static))
+    ds = shuffled_records(files, pipe, seed, shard)
+    return batch_steps(ds, pipe, lambda r: _to_model_features(tf.io.parse_example(r, spec), static))
 
 
-def shuffled_records(files, opts, seed, shard=(1, 0)):
+def shuffled_records(files, pipe, seed, shard=(1, 0)):
     """Serialised records of `files`, repeated forever: file order reshuffled every pass, files
     interleaved (`parallel_io_threads`), then a SHUFFLE_BUFFER shuffle; deterministic for `seed`
     unless `sloppy_parallel_interleave`."""
@@ -135,27 +156,28 @@ def shuffled_records(files, opts, seed, shard=(1, 0)):
     ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.interleave(
         tf.data.TFRecordDataset,
-        cycle_length=max(1, min(opts["parallel_io_threads"], len(files))),
+        cycle_length=max(1, min(pipe.parallel_io_threads, len(files))),
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not opts.get("sloppy_parallel_interleave", False),
+        deterministic=not pipe.sloppy_parallel_interleave,
     )
     return ds.shuffle(SHUFFLE_BUFFER, seed=seed + 1, reshuffle_each_iteration=True)
 
 
-def _batch(ds, opts, parse):
+def batch_steps(ds, pipe, parse):
+    """Records (or examples) -> parsed one-step elements [GA, micro_batch, ...], prefetched."""
     import tensorflow as tf
 
-    ds = ds.batch(opts["micro_batch_size"], drop_remainder=True)
+    ds = ds.batch(pipe.micro_batch_size, drop_remainder=True)
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(opts["gradient_accumulation_count"], drop_remainder=True)
+    ds = ds.batch(pipe.gradient_accumulation_count, drop_remainder=True)
     return ds.prefetch(2)
 
 
-def generated_dataset(opts, seed, vocab_size, samples=1000):
+def generated_dataset(pipe, seed, vocab_size, samples=1000):
     """Random but well-formed samples (either layout), cached and repeated (`--generated-data`)."""
     import tensorflow as tf
 
-    seq, P = opts["seq_length"], opts["max_predictions_per_seq"]
+    seq, P = pipe.seq_length, pipe.max_predictions_per_seq
     rng = np.random.default_rng(seed)
     ids = rng.integers(5, vocab_size, (samples, seq)).astype(np.int32)
     keys = rng.random((samples, seq - 1))
@@ -169,7 +191,7 @@ def generated_dataset(opts, seed, vocab_size, samples=1000):
         "masked_lm_weights": np.ones((samples, P), np.float32),
         "next_sentence_labels": rng.integers(0, 2, (samples, 1)).astype(np.int32),
     }
-    if opts["static_mask"]:
+    if pipe.static_mask:
         rest = np.argsort(
             np.isin(np.arange(seq)[None, :].repeat(samples, 0), positions), axis=1, kind="stable"
         )
@@ -183,17 +205,17 @@ def generated_dataset(opts, seed, vocab_size, samples=1000):
         feats["input_mask"] = np.ones((samples, seq), np.int32)
         feats["masked_lm_positions"] = positions
     ds = tf.data.Dataset.from_tensor_slices(feats).repeat()
-    return _batch(ds.batch(1).unbatch(), opts, lambda x: x)
+    return batch_steps(ds.batch(1).unbatch(), pipe, lambda x: x)
 
 
-def eval_dataset(files, opts):
+def eval_dataset(files, pipe):
     """One ordered pass over `files` in micro-batches [B, ...] (the last one may be smaller)."""
     import tensorflow as tf
 
-    seq, P, static = opts["seq_length"], opts["max_predictions_per_seq"], opts["static_mask"]
+    seq, P, static = pipe.seq_length, pipe.max_predictions_per_seq, pipe.static_mask
     spec = records.parse_spec(seq, P, static)
     if static:
         spec.pop("masked_lm_positions")
-    ds = tf.data.TFRecordDataset(files).batch(opts["micro_batch_size"])
+    ds = tf.data.TFRecordDataset(files).batch(pipe.micro_batch_size)
     parse = lambda r: _to_model_features(tf.io.parse_example(r, spec), static)  # noqa: E731
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)

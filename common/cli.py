@@ -32,6 +32,7 @@ class Option:
     choices: tuple | None = None
     aliases: tuple = ()  # (alias, canonical value) pairs
     extra_flags: tuple = ()  # other spellings, e.g. the reference's --enable_recomputation
+    concern: str = ""  # which part of a run the option configures (options.CONCERNS)
 
     @property
     def flags(self):

@@ -435,7 +435,11 @@ def test_lamb_of_groupbert_configs_does_not_decay_layer_norm_scales():
         ),
     }
     start = {n: v.numpy() for n, v in params.items()}
-    lamb = optimization.make_optimizer(opts, params)
+    lamb = optimization.make_optimizer(
+        opts.optimizer,
+        params,
+        optimization.LAMB_WD_EXCLUDE_GROUPBERT if opts.model.groupbert else None,
+    )
     lamb.apply_gradients({n: tf.zeros_like(v) for n, v in params.items()}, 0.1)
     np.testing.assert_array_equal(params["LayerNorm/gamma"].numpy(), start["LayerNorm/gamma"])
     kernel = "bert/encoder/layer_0/convolution/post/dense/kernel"

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import optimization
+import options
 from common.errors import UserError
 
 H = 5  # hidden size: the fused qkv kernel is [5, 15]
@@ -55,6 +56,15 @@ LRS = [0.01, 0.02, 0.005, 0.03, 0.01, 0.02]
 GRAD_SCALES = [0.05, 3.0, 0.2, 1.5, 0.02, 4.0]  # global norm on both sides of the 1.0 clip
 
 
+def make_optimizer(opts, params):
+    """optimization.make_optimizer from a dict of optimizer options (schema defaults elsewhere);
+    "groupbert" selects GroupBERT's LAMB weight-decay exclusions."""
+    opts = dict(opts)
+    groupbert = opts.pop("groupbert", False)
+    exclude = optimization.LAMB_WD_EXCLUDE_GROUPBERT if groupbert else None
+    return optimization.make_optimizer(options.defaults("optimizer", **opts), params, exclude)
+
+
 def initial_weights():
     rng = np.random.default_rng(7)
     weights = OrderedDict((n, rng.normal(size=s).astype(np.float32)) for n, s in SHAPES.items())
@@ -85,7 +95,7 @@ def make_params(weights):
 def run_tf(opts, jit_compile=False):
     """Run the optimizer for every step inside one tf.function; return weights, slots, tracings."""
     params = make_params(initial_weights())
-    opt = optimization.make_optimizer(opts, params)
+    opt = make_optimizer(opts, params)
     step = tf.function(opt.apply_gradients, jit_compile=jit_compile)
     for lr, grads in zip(LRS, gradient_steps()):
         step({n: tf.constant(g) for n, g in grads.items()}, tf.constant(lr, tf.float32))
@@ -250,7 +260,7 @@ def test_lamb_groupbert_excludes_gamma_from_weight_decay():
     params = make_params(initial_weights())
     for groupbert, decays in ((False, True), (True, False)):
         params = make_params(initial_weights())
-        opt = optimization.make_optimizer(
+        opt = make_optimizer(
             {"optimizer": "lamb", "weight_decay_rate": 0.1, "groupbert": groupbert}, params
         )
         opt.apply_gradients({n: tf.zeros(SHAPES[n]) for n in TRAINABLE}, 0.5)
@@ -299,7 +309,7 @@ def test_xla_compiled_step_matches_numpy():
 
 def test_slot_names():
     def names(opts):
-        return list(optimization.make_optimizer(opts, make_params(initial_weights())).slots)
+        return list(make_optimizer(opts, make_params(initial_weights())).slots)
 
     kernel = "bert/encoder/layer_0/intermediate/dense/kernel"
     lamb = names({"optimizer": "lamb", "use_debiasing": True})
@@ -320,16 +330,16 @@ def test_gradients_as_list_with_none_for_frozen():
     grads = gradient_steps()[0]
     by_dict = make_params(initial_weights())
     by_list = make_params(initial_weights())
-    optimization.make_optimizer({"optimizer": "sgd"}, by_dict).apply_gradients(grads, 0.1)
+    make_optimizer({"optimizer": "sgd"}, by_dict).apply_gradients(grads, 0.1)
     as_list = [grads.get(n) for n in SHAPES]  # aligned with params, None for the frozen one
-    optimization.make_optimizer({"optimizer": "sgd"}, by_list).apply_gradients(as_list, 0.1)
+    make_optimizer({"optimizer": "sgd"}, by_list).apply_gradients(as_list, 0.1)
     for n in SHAPES:
         np.testing.assert_array_equal(by_dict[n].numpy(), by_list[n].numpy())
 
 
 def test_unknown_optimizer_is_one_line_user_error():
     with pytest.raises(UserError) as err:
-        optimization.make_optimizer({"optimizer": "adagrad"}, make_params(initial_weights()))
+        make_optimizer({"optimizer": "adagrad"}, make_params(initial_weights()))
     assert "adagrad" in str(err.value) and "lamb" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -337,7 +347,7 @@ def test_clipping_returns_norm_and_non_finite_norm_poisons_the_step():
     grads = {n: np.full(SHAPES[n], 2.0, np.float32) for n in TRAINABLE}
     want_norm = np.sqrt(sum(4.0 * np.prod(SHAPES[n]) for n in TRAINABLE))
     params = make_params(initial_weights())
-    opt = optimization.make_optimizer({"optimizer": "adamw"}, params)
+    opt = make_optimizer({"optimizer": "adamw"}, params)
     assert opt.apply_gradients(grads, 0.0).numpy() == pytest.approx(want_norm, rel=1e-6)
     # Clipped: m = (1 - beta1) * g / norm.
     m = opt.slots[f"{ZERO_W}/adam_m"].numpy()

@@ -1,0 +1,74 @@
+"""The task layer: one module per task, each holding its inputs, heads, loss and metrics,
+evaluation and prediction.
+
+- `pretraining`: BERT masked LM + next-sentence prediction, and RoBERTa-style masked LM;
+- `squad`: SQuAD 1.1/2.0 span prediction; `glue`: GLUE classification and regression;
+- `finetuning`: what the two fine-tuning tasks share (model from a checkpoint, heads, prediction).
+
+A run script reads its config (`options.parse_options`), builds its task, and hands the model, the
+loss and the data to the one training loop (`training.train`) through `objectives.fit`. Training and
+evaluation use the same loss functions. (The name is not `tasks/`: GPT-2's reference app keeps its
+evaluation scripts there.)
+"""
+
+import interop
+import training
+
+
+def initialise(cfg, trainer, path, allow_fresh=(), source=None):
+    """Load `path` (any checkpoint format) into the trainer's model and optimizer, before the loop.
+
+    Model variables must all be present except those under `allow_fresh` (new task heads);
+    optimizer slots are loaded where the checkpoint has them, unless
+    restore_optimiser_from_checkpoint is false. Returns the lines to log.
+    """
+    model_params = trainer.model.params
+    variables = dict(model_params)
+    if cfg.checkpoint.restore_optimiser_from_checkpoint:
+        variables.update(trainer.optimizer.slots)
+    report = interop.load_into(
+        source or path, variables, required=list(model_params), allow_fresh=allow_fresh
+    )
+    slots = [n for n in report.loaded if n in trainer.optimizer.slots]
+    converted = "" if report.format == "native" else f" (converted from {report.format})"
+    line = (
+        f"initialised from {report.source}{converted}: "
+        f"{len(report.loaded) - len(slots)} model variables, {len(slots)} optimizer slots"
+    )
+    if report.fresh:
+        line += f"; {len(report.fresh)} start fresh: {', '.join(report.fresh)}"
+    if report.missing:
+        line += f" ({len(report.missing)} optimizer slots start fresh)"
+    if report.unexpected:
+        line += f"; unused checkpoint tensors: {len(report.unexpected)}"
+    return [line]
+
+
+def fit(cfg, strategy, model, loss_fn, dataset, **kwargs):
+    """Build the trainer, initialise from --init-checkpoint (unless resuming), run the loop.
+
+    Args:
+      cfg: options.RunConfig; strategy: the tf.distribute strategy the model was built under.
+      model, loss_fn, dataset: as training.Trainer / training.train take them.
+      kwargs: tokens_fn, lamb_wd_exclude (Trainer); samples_per_epoch, flops_per_sample,
+        evaluate (train); init (callable(trainer) -> log lines, replacing the plain
+        --init-checkpoint load, e.g. fine-tuning with fresh heads).
+    Returns:
+      training.TrainResult.
+    """
+    init = kwargs.pop("init", None)
+    trainer = training.Trainer(
+        cfg,
+        strategy,
+        model,
+        loss_fn,
+        tokens_fn=kwargs.pop("tokens_fn", None),
+        lamb_wd_exclude=kwargs.pop("lamb_wd_exclude", None),
+    )
+    notes = []
+    if not cfg.checkpoint.restore_dir and not cfg.loop.compile_only:
+        if init is not None:
+            notes = init(trainer)
+        elif cfg.checkpoint.init_checkpoint:
+            notes = initialise(cfg, trainer, cfg.checkpoint.init_checkpoint)
+    return training.train(cfg, trainer, dataset, notes=notes, **kwargs)

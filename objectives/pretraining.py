@@ -1,0 +1,269 @@
+"""Pretraining tasks: BERT's masked LM + next-sentence prediction, and RoBERTa-style masked LM.
+
+`PretrainingTask(cfg)` checks the data against the config before anything is built, then gives the
+model (BertModel with its MLM/NSP heads), the loss (`pretraining_loss`, shared by training and
+evaluation), the input pipeline and the held-out evaluator.
+
+model_type roberta: masked LM only, no NSP head, on packed byte-level BPE ids from
+bert_data/create_mlm_data.py, masked anew every epoch in the input pipeline (bert_data/mlm.py);
+vocab_size comes from tokenizer_file when the config leaves it null.
+"""
+
+import dataclasses
+import os
+
+import model_config
+from common.errors import UserError
+
+MLM_WEIGHT_EPSILON = 1e-5  # MLM loss denominator: sum(weights) + this (the reference's)
+GENERATED_SAMPLES = 10_000_000  # the reference's dataset size for --generated-data
+# Per-batch sums that evaluation accumulates (returned by the loss when not training).
+SUMS = ("mlm_ce_sum", "mlm_weight_sum", "mlm_hit_sum", "nsp_ce_sum", "nsp_hit_sum", "sequences")
+
+
+def pretraining_loss(outputs, features, compute_acc=True, sums=False):
+    """The reference's losses and accuracies from the model's MLM/NSP logits.
+
+    mlm_loss = sum(w * CE) / (sum(w) + 1e-5) over the micro-batch; nsp_loss = mean CE;
+    mlm_acc = sum(w * [argmax == label]) / sum(w) (0 when sum(w) is 0); nsp_acc = mean match;
+    loss = mlm_loss + nsp_loss.
+
+    Args:
+      outputs: dict with "mlm_logits" [B,P,V] and/or "nsp_logits" [B,2] (float32, or float64).
+      features: masked_lm_ids int32 [B,P], masked_lm_weights float [B,P], next_sentence_labels
+        int32 [B,1] or [B].
+      compute_acc: False (the option disable_acc) skips the argmax; accuracies are NaN.
+      sums: also return the per-batch sums of `SUMS` (evaluation accumulates them over a data set).
+    Returns:
+      dict of scalars in the logits' dtype: "loss" plus "mlm_loss", "mlm_acc" and/or "nsp_loss",
+      "nsp_acc" for the heads present (and the sums).
+    """
+    import tensorflow as tf
+
+    result, total = {}, []
+    if "mlm_logits" in outputs:
+        logits = outputs["mlm_logits"]
+        labels = tf.cast(features["masked_lm_ids"], tf.int32)
+        weights = tf.cast(features["masked_lm_weights"], logits.dtype)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)  # [B,P]
+        weight_sum = tf.reduce_sum(weights)
+        ce_sum = tf.reduce_sum(weights * ce)
+        result["mlm_loss"] = ce_sum / (weight_sum + MLM_WEIGHT_EPSILON)
+        hits = nan = tf.constant(float("nan"), logits.dtype)
+        if compute_acc or sums:
+            match = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
+            hits = tf.reduce_sum(weights * tf.cast(match, logits.dtype))
+        result["mlm_acc"] = tf.math.divide_no_nan(hits, weight_sum) if compute_acc else nan
+        if sums:
+            result.update(mlm_ce_sum=ce_sum, mlm_weight_sum=weight_sum, mlm_hit_sum=hits)
+        total.append(result["mlm_loss"])
+    if "nsp_logits" in outputs:
+        logits = outputs["nsp_logits"]
+        labels = tf.reshape(tf.cast(features["next_sentence_labels"], tf.int32), [-1])  # [B]
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        result["nsp_loss"] = tf.reduce_mean(ce)
+        match = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), ce.dtype)
+        nan = tf.constant(float("nan"), ce.dtype)
+        result["nsp_acc"] = tf.reduce_mean(match) if compute_acc else nan
+        if sums:
+            result.update(nsp_ce_sum=tf.reduce_sum(ce), nsp_hit_sum=tf.reduce_sum(match))
+        total.append(result["nsp_loss"])
+    if sums:
+        batch = tf.shape(features["masked_lm_ids"])[0]
+        result["sequences"] = tf.cast(batch, result["mlm_loss"].dtype)
+    result["loss"] = tf.add_n(total)
+    return result
+
+
+def real_tokens(features, static_mask, max_predictions):
+    """Non-pad tokens in a micro-batch (traced inside the step, for tokens/s)."""
+    import tensorflow as tf
+
+    if static_mask:
+        filled = features["seq_padding_index"] - max_predictions + features["mask_padding_index"]
+        return tf.reduce_sum(filled)
+    return tf.reduce_sum(features["input_mask"])
+
+
+def roberta_masking(cfg):
+    """model_type roberta: checks the settings; returns (bert_data.mlm.Masking, vocab_size) of the
+    tokenizer (RoBERTa's default ids for generated data without one)."""
+    from bert_data import mlm
+
+    data, model = cfg.data, cfg.model
+    if model.static_mask:
+        raise UserError("model_type roberta masks dynamically: set static_mask false")
+    generated = data.generated_data or data.synthetic_data
+    path = data.tokenizer_file
+    if path and (os.path.exists(path) or not generated):
+        masking = mlm.masking_from_tokenizer(path)
+    elif not generated:
+        raise UserError(
+            "model_type roberta needs tokenizer_file (--tokenizer-file): the tokenizer.json of "
+            "bert_data/create_bpe_tokenizer.py that made the data"
+        )
+    else:  # generated data and no tokenizer file: create_bpe_tokenizer's special ids
+        if model.vocab_size is None:
+            raise UserError("model_type roberta: set vocab_size, or tokenizer_file to take it from")
+        masking = mlm.Masking.roberta_ids(model.vocab_size)
+    vocab_size = masking.vocab_size if model.vocab_size is None else model.vocab_size
+    if vocab_size < masking.vocab_size:
+        raise UserError(
+            f"vocab_size {vocab_size} is smaller than the {masking.vocab_size} tokens of "
+            f"tokenizer_file {path}; set vocab_size to {masking.vocab_size} or null"
+        )
+    seq, offset, rows = data.seq_length, model.position_offset, model.max_position_embeddings
+    if rows is not None and seq + offset > rows:
+        raise UserError(
+            f"seq_length {seq} + position_offset {offset} exceeds max_position_embeddings {rows}"
+        )
+    return masking, vocab_size
+
+
+class PretrainingTask:
+    """Data, model, loss and evaluation of a pretraining run (see the module docstring).
+
+    Construction reads and checks the data (layout, sequence length, masks, token ids against the
+    vocab size) before any graph is built.
+
+    Attributes:
+      cfg: the run's RunConfig (vocab_size filled from the tokenizer for roberta).
+      config: model_config.BertConfig of the model.
+      heads: ("mlm", "nsp") for BERT, ("mlm",) for roberta.
+      num_samples: records in the training files (estimated), for the logged epoch.
+    """
+
+    def __init__(self, cfg):
+        from bert_data import mlm, pretraining
+
+        if cfg.task != "pretraining":
+            raise UserError(f"task is {cfg.task!r}: run_pretraining.py runs task 'pretraining'")
+        self.roberta = cfg.model.model_type == "roberta"
+        self.masking = None
+        if self.roberta:
+            self.masking, vocab_size = roberta_masking(cfg)
+            if vocab_size != cfg.model.vocab_size:
+                cfg = cfg.updated(vocab_size=vocab_size)
+        self.cfg = cfg
+        self.config = model_config.BertConfig(
+            **model_config.from_options(dataclasses.asdict(cfg.model))
+        )
+        self.heads = ("mlm",) if self.roberta else ("mlm", "nsp")
+        data, loop = cfg.data, cfg.loop
+        self.pipe = pretraining.Pipeline(
+            seq_length=data.seq_length,
+            max_predictions_per_seq=cfg.model.max_predictions_per_seq,
+            static_mask=cfg.model.static_mask,
+            micro_batch_size=loop.micro_batch_size,
+            gradient_accumulation_count=loop.gradient_accumulation_count,
+            parallel_io_threads=data.parallel_io_threads,
+            sloppy_parallel_interleave=data.sloppy_parallel_interleave,
+        )
+        self.generated = data.generated_data or data.synthetic_data
+        seq, masks, vocab = (
+            data.seq_length,
+            self.pipe.max_predictions_per_seq,
+            self.config.vocab_size,
+        )
+        if self.generated:
+            self.files, self.num_samples = None, GENERATED_SAMPLES
+        else:
+            self.files = pretraining.expand_train_files(data.train_file)
+            if self.roberta:
+                self.num_samples = mlm.check_files(self.files, seq, vocab)
+            else:
+                if mlm.is_mlm_data(self.files[0]):
+                    raise UserError(
+                        f"{self.files[0]} holds packed ids from create_mlm_data.py: set "
+                        "model_type roberta"
+                    )
+                self.num_samples = pretraining.check_files(
+                    self.files, seq, masks, self.pipe.static_mask, vocab
+                )
+        self.eval_files = None
+        if data.eval_file:
+            self.eval_files = pretraining.expand_train_files(data.eval_file)
+            if self.roberta:
+                mlm.check_files(self.eval_files, seq, vocab)
+            else:
+                pretraining.check_files(self.eval_files, seq, masks, self.pipe.static_mask, vocab)
+
+    @property
+    def samples_per_epoch(self):
+        """Distinct samples of one epoch: records / the data's duplication factor."""
+        return self.num_samples / max(self.cfg.data.duplicate_factor or 1, 1)
+
+    def build_model(self, strategy):
+        import modeling
+
+        with strategy.scope():
+            return modeling.BertModel(self.config, heads=self.heads, seed=self.cfg.loop.seed)
+
+    def loss(self, model, features, training, dropout_seed, compute_dtype):
+        outputs = model(features, training, dropout_seed, compute_dtype)
+        compute_acc = not (training and self.cfg.model.disable_acc)
+        return pretraining_loss(outputs, features, compute_acc=compute_acc, sums=not training)
+
+    def tokens(self, features):
+        return real_tokens(features, self.pipe.static_mask, self.pipe.max_predictions_per_seq)
+
+    def dataset(self):
+        """One-step elements [GA, micro_batch, ...] of the training data, repeated forever."""
+        from bert_data import mlm, pretraining
+
+        seed = self.cfg.loop.seed
+        if self.generated:
+            if self.roberta:
+                ds = mlm.generated_dataset(self.pipe, seed, self.masking)
+            else:
+                ds = pretraining.generated_dataset(self.pipe, seed, self.config.vocab_size)
+            if self.cfg.data.synthetic_data:  # one batch, cached: the step without input work
+                ds = ds.take(1).cache().repeat()
+            return ds
+        if self.roberta:
+            return mlm.mlm_dataset(self.files, self.pipe, seed, self.masking)
+        return pretraining.tfrecord_dataset(self.files, self.pipe, seed)
+
+    def flops_per_sample(self):
+        import modeling
+
+        seq, masks = self.cfg.data.seq_length, self.pipe.max_predictions_per_seq
+        return modeling.pretraining_flops_per_sequence(self.config, seq, masks)
+
+    def evaluator(self, model):
+        """callable(step) -> held-out {mlm_loss, mlm_acc[, nsp_loss, nsp_acc], sequences} over one
+        pass of eval_file, from the training loss's own per-batch sums; None without eval_file."""
+        if not self.eval_files:
+            return None
+        import tensorflow as tf
+
+        from bert_data import mlm, pretraining
+
+        dtype = tf.as_dtype(self.cfg.loop.compute_dtype)
+
+        @tf.function
+        def batch_sums(features):
+            out = self.loss(model, features, False, None, dtype)
+            return {k: tf.cast(out[k], tf.float64) for k in SUMS if k in out}
+
+        def data():
+            if self.roberta:
+                return mlm.eval_dataset(self.eval_files, self.pipe, self.masking)
+            return pretraining.eval_dataset(self.eval_files, self.pipe)
+
+        def evaluate(step):
+            total = {}
+            for features in data():
+                for k, v in batch_sums(features).items():
+                    total[k] = total.get(k, 0.0) + float(v)
+            result = {
+                "mlm_loss": total["mlm_ce_sum"] / max(total["mlm_weight_sum"], 1e-9),
+                "mlm_acc": total["mlm_hit_sum"] / max(total["mlm_weight_sum"], 1e-9),
+            }
+            if "nsp_ce_sum" in total:
+                result["nsp_loss"] = total["nsp_ce_sum"] / max(total["sequences"], 1)
+                result["nsp_acc"] = total["nsp_hit_sum"] / max(total["sequences"], 1)
+            result["sequences"] = total["sequences"]
+            return result
+
+        return evaluate
