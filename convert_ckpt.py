@@ -29,7 +29,6 @@ RobertaForMaskedLM has no pooler: graphcore2hf leaves ours out, hf2graphcore wri
 (BertModel has a pooler; the MLM head never reads it).
 """
 
-import argparse
 import datetime
 import hashlib
 import json
@@ -44,7 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 import interop
-import options
+from common.cli import Option, build_tool_parser
 from common.errors import UserError, cli_main
 from common.fileio import atomic_write_json, read_json
 
@@ -70,85 +69,47 @@ SWITCH_FLAGS = (
 REPORT_FILE = "conversion_report.json"
 
 
-def _bool(text):
-    try:
-        return options.bool_from_text(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}") from None
+_SWITCH_HELP = (
+    "true: write {} tensors (zeros if the source has none); false: drop them; "
+    "default: as the source (Google/HF outputs always get the biases)"
+)
+CLI_OPTIONS = [
+    Option("command", "str", None, "the conversion", positional=True, choices=COMMANDS),
+    Option("checkpoint", "str", None, "checkpoint prefix, its directory, or an HF folder",
+           positional=True),
+    Option("output_dir", "str", "converted_ckpt", "where to write the converted checkpoint",
+           metavar="DIR"),
+    Option("vocab_size", "int", None, "truncate (rows >= N dropped) or zero-pad the word "
+           "embeddings and MLM output bias to N rows; default keeps the checkpoint's size (the "
+           "reference truncated to 30400)", metavar="N"),
+    *(Option(key, "bool", None, _SWITCH_HELP.format(key), extra_flags=flags)
+      for key, flags in SWITCH_FLAGS),
+    Option("fuse_qkv", "bool", False, "graphcore output: one [H,3H] attention/self/kernel/"
+           "qkv_weight per layer (use_qkv_split false) instead of query/key/value kernels "
+           "(use_qkv_split true); export keeps the source layout"),
+    Option("drop_heads", "str", "",
+           f"comma-separated heads to leave out: {', '.join(interop.HEAD_PREFIXES)}"),
+    Option("keep_optimizer_slots", "bool", False,
+           "TF1 outputs: also carry optimizer slots and counters (global_step, ...)"),
+    Option("bert_config_file", "str", None,
+           "model config of a TF1 source (default: bert_config.json beside the checkpoint)",
+           metavar="FILE"),
+    Option("vocab_file", "str", None, "vocab to copy (default: vocab.txt beside the source, or "
+           "the run's vocab_file)", metavar="FILE"),
+    Option("num_embeddings_splits", "int", 1,
+           "reference option; only 1 (one word-embedding table) is supported"),
+    Option("force", "bool", False, "overwrite output files that already exist"),
+]  # fmt: skip
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    return build_tool_parser(
+        CLI_OPTIONS,
         prog="convert_ckpt.py",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Reference spellings (--output_dir) and kebab case (--output-dir) both work.",
+        underscore_flags=True,
     )
-    parser.add_argument("command", choices=COMMANDS)
-    parser.add_argument("checkpoint", help="checkpoint prefix, its directory, or an HF folder")
-    parser.add_argument("--output_dir", "--output-dir", default="converted_ckpt")
-    parser.add_argument(
-        "--vocab_size",
-        "--vocab-size",
-        type=int,
-        default=None,
-        help="truncate (rows >= N dropped) or zero-pad the word embeddings and MLM output bias "
-        "to N rows; default keeps the checkpoint's size (the reference truncated to 30400)",
-    )
-    for key, flags in SWITCH_FLAGS:
-        parser.add_argument(
-            *flags,
-            dest=key,
-            type=_bool,
-            nargs="?",
-            const=True,
-            default=None,
-            help=f"true: write {key} tensors (zeros if the source has none); false: drop them; "
-            "default: as the source (Google/HF outputs always get the biases)",
-        )
-    parser.add_argument(
-        "--fuse_qkv",
-        "--fuse-qkv",
-        action="store_true",
-        help="graphcore output: one [H,3H] attention/self/kernel/qkv_weight per layer "
-        "(use_qkv_split false) instead of query/key/value kernels (use_qkv_split true); "
-        "export keeps the source layout",
-    )
-    parser.add_argument(
-        "--drop_heads",
-        "--drop-heads",
-        default="",
-        help=f"comma-separated heads to leave out: {', '.join(interop.HEAD_PREFIXES)}",
-    )
-    parser.add_argument(
-        "--keep_optimizer_slots",
-        "--keep-optimizer-slots",
-        action="store_true",
-        help="TF1 outputs: also carry optimizer slots and counters (global_step, ...)",
-    )
-    parser.add_argument(
-        "--bert_config_file",
-        "--bert-config-file",
-        default=None,
-        help="model config of a TF1 source (default: bert_config.json beside the checkpoint)",
-    )
-    parser.add_argument(
-        "--vocab_file",
-        "--vocab-file",
-        default=None,
-        help="vocab to copy (default: vocab.txt beside the source, or the run's vocab_file)",
-    )
-    parser.add_argument(
-        "--num_embeddings_splits",
-        "--num-embeddings-splits",
-        type=int,
-        default=1,
-        help="reference option; only 1 (one word-embedding table) is supported",
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="overwrite output files that already exist"
-    )
-    return parser
 
 
 # ----------------------------------------------------------------------------- editing

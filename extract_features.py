@@ -13,49 +13,40 @@ checkpoint folder's bert_config.json (config.json for Hugging Face), the vocab f
 vocab.txt unless --vocab-file is given. Google's underscore spellings (--input_file) work too.
 """
 
-import argparse
 import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import options
+from common.cli import Option, build_tool_parser
 from common.errors import UserError, cli_main
 
-
-def _bool(text):
-    try:
-        return options.bool_from_text(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}") from None
+CLI_OPTIONS = [
+    Option("input_file", "str", None, "sentences, or pairs `a ||| b`", required=True,
+           metavar="FILE"),
+    Option("output_file", "str", None, "JSON lines to write", required=True, metavar="FILE"),
+    Option("init_checkpoint", "str", None, "our checkpoint (prefix or run dir), a Google TF1 "
+           "checkpoint or a Hugging Face folder", required=True, metavar="PATH"),
+    Option("layers", "str", "-1", "comma-separated encoder layer indices", metavar="I,J,..."),
+    Option("bert_config_file", "str", None,
+           "model config of a TF1 checkpoint (default: bert_config.json beside it)",
+           metavar="FILE"),
+    Option("vocab_file", "str", None, "default: vocab.txt beside the checkpoint", metavar="FILE"),
+    Option("do_lower_case", "bool", False,
+           "lower-case the text (uncased models); checked against the vocab"),
+    Option("max_seq_length", "int", 128, "tokens per input, [CLS] and [SEP] included"),
+    Option("batch_size", "int", 32, "inputs per model call"),
+]  # fmt: skip
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    return build_tool_parser(
+        CLI_OPTIONS,
         prog="extract_features.py",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        underscore_flags=True,
     )
-    add = parser.add_argument
-    add("--input-file", "--input_file", required=True, help="sentences, or pairs `a ||| b`")
-    add("--output-file", "--output_file", required=True, help="JSON lines to write")
-    add("--init-checkpoint", "--init_checkpoint", required=True,
-        help="our checkpoint (prefix or run dir), a Google TF1 checkpoint or a Hugging Face folder")  # fmt: skip
-    add("--layers", default="-1", help="comma-separated encoder layer indices (default -1)")
-    add("--bert-config-file", "--bert_config_file", default=None,
-        help="model config of a TF1 checkpoint (default: bert_config.json beside it)")  # fmt: skip
-    add(
-        "--vocab-file",
-        "--vocab_file",
-        default=None,
-        help="default: vocab.txt beside the checkpoint",
-    )
-    add("--do-lower-case", "--do_lower_case", type=_bool, nargs="?", const=True, default=False,
-        help="lower-case the text (uncased models); checked against the vocab")  # fmt: skip
-    add("--max-seq-length", "--max_seq_length", type=int, default=128)
-    add("--batch-size", "--batch_size", type=int, default=32)
-    return parser
 
 
 def read_examples(path):
@@ -169,12 +160,7 @@ def _rounded(values):
 
 @cli_main
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for i, arg in enumerate(argv[:-1]):
-        if arg == "--layers":  # "-1,-2" would look like an option to argparse
-            argv[i : i + 2] = [f"--layers={argv[i + 1]}"]
-            break
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # reads --layers -1,-2 as one value
     if args.max_seq_length < 3 or args.batch_size < 1:
         raise UserError("--max-seq-length must be >= 3 and --batch-size >= 1")
     examples = read_examples(args.input_file)

@@ -27,13 +27,13 @@ import sys
 if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
     sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
 
-import argparse
 import json
 import tempfile
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from bert_data.create_pretraining_data import expand_inputs, read_chunks
+from common.cli import Option, build_tool_parser
 from common.errors import UserError, cli_main
 from common.fileio import atomic_write_text, ensure_output_dir
 
@@ -167,18 +167,22 @@ def summary(tokenizer, files):
     )
 
 
+CLI_OPTIONS = [
+    Option("input_file", "str", None, "input text: comma-separated files or glob patterns",
+           required=True, metavar="FILE"),
+    Option("output_dir", "str", None, "where tokenizer.json, vocab.json, merges.txt go",
+           required=True, metavar="DIR"),
+    Option("vocab_size", "int", 50265, "target vocabulary size (RoBERTa: 50265)"),
+    Option("min_frequency", "int", 2, "only merge pairs seen at least this often"),
+]  # fmt: skip
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    return build_tool_parser(
+        CLI_OPTIONS,
         prog="python3 -m bert_data.create_bpe_tokenizer",
         description="Train a byte-level BPE tokenizer (RoBERTa's) from one-sentence-per-line text.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    a = parser.add_argument
-    a("--input-file", required=True, help="input text: comma-separated files or glob patterns")
-    a("--output-dir", required=True, help="where tokenizer.json, vocab.json, merges.txt go")
-    a("--vocab-size", type=int, default=50265, help="target vocabulary size (RoBERTa: 50265)")
-    a("--min-frequency", type=int, default=2, help="only merge pairs seen at least this often")
-    return parser
 
 
 @cli_main

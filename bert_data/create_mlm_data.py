@@ -26,7 +26,6 @@ import sys
 if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
     sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
 
-import argparse
 import random
 import time
 
@@ -35,6 +34,7 @@ import numpy as np
 from bert_data import records
 from bert_data.create_bpe_tokenizer import BOS, EOS, PAD, load_tokenizer
 from bert_data.create_pretraining_data import expand_inputs, read_chunks
+from common.cli import Option, build_tool_parser
 from common.errors import UserError, cli_main
 from common.fileio import atomic_outputs, ensure_output_dir
 
@@ -124,25 +124,25 @@ def tokenize_documents(tokenizer, documents):
             yield encoding.ids
 
 
+CLI_OPTIONS = [
+    Option("input_file", "str", None, "input text: comma-separated files or glob patterns",
+           required=True, metavar="FILE"),
+    Option("output_file", "str", None, "output TFRecord(s), comma-separated: several = shards",
+           required=True, metavar="FILE"),
+    Option("tokenizer_file", "str", None, "tokenizer.json from create_bpe_tokenizer",
+           required=True, metavar="FILE"),
+    Option("sequence_length", "int", 128, "tokens per sequence, <s> and </s> included"),
+    Option("seed", "int", None, "shuffle the documents with this seed (default: keep order)"),
+    Option("quiet", "bool", False, "no progress bar"),
+]  # fmt: skip
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    return build_tool_parser(
+        CLI_OPTIONS,
         prog="python3 -m bert_data.create_mlm_data",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    a = parser.add_argument
-    a("--input-file", required=True, help="input text: comma-separated files or glob patterns")
-    a("--output-file", required=True, help="output TFRecord(s), comma-separated: several = shards")
-    a("--tokenizer-file", required=True, help="tokenizer.json from create_bpe_tokenizer")
-    a("--sequence-length", type=int, default=128, help="tokens per sequence, <s> and </s> included")
-    a(
-        "--seed",
-        type=int,
-        default=None,
-        help="shuffle the documents with this seed (default: keep order)",
-    )
-    a("--quiet", action="store_true", help="no progress bar")
-    return parser
 
 
 def run(args):

@@ -26,7 +26,6 @@ import sys
 if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
     sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
 
-import argparse
 import collections
 import glob
 import string
@@ -34,6 +33,7 @@ import unicodedata
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+from common.cli import Option, build_tool_parser
 from common.errors import UserError, cli_main
 from common.fileio import atomic_write_text, ensure_output_dir
 
@@ -277,49 +277,29 @@ def _check_output_dir(path):
         raise UserError(f"--output-file {path} is a directory; give a file name like vocab.txt")
 
 
+CLI_OPTIONS = [
+    Option("input_file", "str", None,
+           "Comma-separated files or glob patterns of one-sentence-per-line text.",
+           required=True, metavar="FILE"),
+    Option("output_file", "str", None, "Where to write vocab.txt.", required=True, metavar="FILE"),
+    Option("vocab_size", "int", 30522,
+           "Target number of tokens before padding (30522 is BERT's vocab)."),
+    Option("do_lower_case", "bool", False, "Lower-case and strip accents (an uncased vocab). "
+           "Use the same flag for create_pretraining_data.py and training."),
+    Option("min_frequency", "int", 2, "Only merge sub-word pairs seen at least this often."),
+    Option("limit_alphabet", "int", 1000,
+           "Keep at most this many distinct characters; rarer ones become [UNK]."),
+    Option("pad_to_multiple_of", "int", 8, "Append [unusedN] tokens until the size is a multiple "
+           "of this, so the embedding table is GPU-friendly; 1 disables."),
+]  # fmt: skip
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    return build_tool_parser(
+        CLI_OPTIONS,
         prog="python3 -m bert_data.create_vocab",
         description="Train a BERT WordPiece vocab.txt from one-sentence-per-line text.",
     )
-    parser.add_argument(
-        "--input-file",
-        required=True,
-        help="Comma-separated files or glob patterns of one-sentence-per-line text.",
-    )
-    parser.add_argument("--output-file", required=True, help="Where to write vocab.txt.")
-    parser.add_argument(
-        "--vocab-size",
-        type=int,
-        default=30522,
-        help="Target number of tokens before padding (default: 30522, as BERT's vocab).",
-    )
-    parser.add_argument(
-        "--do-lower-case",
-        action="store_true",
-        help="Lower-case and strip accents (an uncased vocab). Use the same flag for "
-        "create_pretraining_data.py and training.",
-    )
-    parser.add_argument(
-        "--min-frequency",
-        type=int,
-        default=2,
-        help="Only merge sub-word pairs seen at least this often (default: 2).",
-    )
-    parser.add_argument(
-        "--limit-alphabet",
-        type=int,
-        default=1000,
-        help="Keep at most this many distinct characters; rarer ones become [UNK] (default: 1000).",
-    )
-    parser.add_argument(
-        "--pad-to-multiple-of",
-        type=int,
-        default=8,
-        help="Append [unusedN] tokens until the size is a multiple of this, so the embedding "
-        "table is GPU-friendly; 1 disables (default: 8).",
-    )
-    return parser
 
 
 @cli_main

@@ -15,10 +15,9 @@ import sys
 if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
     sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
 
-import argparse
-
 from bert_data.records import parse_example, read_records, to_standard
 from bert_data.tokenization import load_vocab
+from common.cli import Option, parse_tool_args
 from common.errors import UserError, cli_main
 
 
@@ -94,16 +93,21 @@ def inspect_files(files, vocab_file, n):
     return s
 
 
+CLI_OPTIONS = [
+    Option("files", "str", None, "TFRecord files", positional=True, nargs="+", metavar="FILE"),
+    Option(
+        "vocab_file", "str", None, "the vocab the data was made with", required=True, metavar="FILE"
+    ),
+    Option("num_records", "int", 3, "records to print", extra_flags=("-n",)),
+]
+
+
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python3 -m bert_data.inspect_records", description=__doc__
+    args = parse_tool_args(
+        CLI_OPTIONS, argv, prog="python3 -m bert_data.inspect_records", description=__doc__
     )
-    parser.add_argument("files", nargs="+", help="TFRecord files")
-    parser.add_argument("--vocab-file", required=True, help="the vocab the data was made with")
-    parser.add_argument("-n", type=int, default=3, help="records to print")
-    args = parser.parse_args(argv)
-    inspect_files(args.files, args.vocab_file, args.n)
+    inspect_files(args.files, args.vocab_file, args.num_records)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ import sys
 if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
     sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
 
-import argparse
 import collections
 import json
 import re
 import string
 
+from common.cli import Option, parse_tool_args
 from common.errors import UserError, cli_main
 from common.fileio import read_json
 
@@ -230,26 +230,25 @@ def is_v2_data(dataset_json_data):
     return any("is_impossible" in qa for qa in _questions(dataset_json_data))
 
 
+CLI_OPTIONS = [
+    Option("data_file", "str", None, "SQuAD JSON with the gold answers", positional=True),
+    Option("pred_file", "str", None, "predictions.json: question id -> answer text",
+           positional=True),
+    Option("na_prob_file", "str", None,
+           "v2: no-answer scores (null_odds.json); adds the best threshold", metavar="FILE"),
+    Option("na_prob_thresh", "float", 1.0, "v2: predict no answer above this score"),
+    Option("version", "str", "auto", "evaluation; auto = 2.0 when the data has is_impossible "
+           "fields or --na-prob-file is set", choices=("auto", "1.1", "2.0")),
+]  # fmt: skip
+
+
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(
+    return parse_tool_args(
+        CLI_OPTIONS,
+        argv,
         prog="python3 -m bert_data.squad_metrics",
         description="Official SQuAD v1.1 / v2.0 evaluation; prints the result as JSON.",
     )
-    parser.add_argument("data_file", help="SQuAD JSON with the gold answers")
-    parser.add_argument("pred_file", help="predictions.json: question id -> answer text")
-    parser.add_argument(
-        "--na-prob-file", help="v2: no-answer scores (null_odds.json); adds the best threshold"
-    )
-    parser.add_argument(
-        "--na-prob-thresh", type=float, default=1.0, help="v2: predict no answer above this score"
-    )
-    parser.add_argument(
-        "--version",
-        choices=("auto", "1.1", "2.0"),
-        default="auto",
-        help="evaluation; auto = 2.0 when the data has is_impossible fields or --na-prob-file is set",
-    )
-    return parser.parse_args(argv)
 
 
 @cli_main

@@ -43,7 +43,6 @@ import sys
 if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
     sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
 
-import argparse
 import bz2
 import html
 import multiprocessing
@@ -51,6 +50,7 @@ import re
 
 from tqdm import tqdm
 
+from common.cli import Option, build_tool_parser
 from common.errors import UserError, cli_main
 from common.fileio import ensure_output_dir
 
@@ -361,43 +361,29 @@ def find_input_files(input_path, output_path):
     return pairs
 
 
+CLI_OPTIONS = [
+    Option("input_file", "str", None,
+           "A WikiExtractor output file, or a directory of them (walked recursively).",
+           required=True, metavar="PATH"),
+    Option("output_file", "str", None, "Output file for a file input; output directory "
+           "(created) for a directory input. Each input <name> becomes <name>_cleaned.",
+           required=True, metavar="PATH"),
+    Option("small_files", "bool", False,
+           "Read only the first --max-len lines of each input file (for quick tests)."),
+    Option("max_len", "int", 100, "Lines per file with --small-files."),
+    Option("num_workers", "int", 1, "Processes splitting sentences in parallel."),
+    Option("skip_existing", "bool", False,
+           "Keep output files that already exist (resume an interrupted run)."),
+]  # fmt: skip
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    return build_tool_parser(
+        CLI_OPTIONS,
         prog="python3 -m bert_data.wiki_preprocess",
         description="Turn WikiExtractor output into one sentence per line, with a blank line "
         "after each document (the input format of create_pretraining_data.py).",
     )
-    parser.add_argument(
-        "--input-file",
-        required=True,
-        help="A WikiExtractor output file, or a directory of them (walked recursively).",
-    )
-    parser.add_argument(
-        "--output-file",
-        required=True,
-        help="Output file for a file input; output directory (created) for a directory input. "
-        "Each input <name> becomes <name>_cleaned.",
-    )
-    parser.add_argument(
-        "--small-files",
-        action="store_true",
-        help="Read only the first --max-len lines of each input file (for quick tests).",
-    )
-    parser.add_argument(
-        "--max-len", type=int, default=100, help="Lines per file with --small-files (default 100)."
-    )
-    parser.add_argument(
-        "--num-workers",
-        type=int,
-        default=1,
-        help="Processes splitting sentences in parallel (default 1).",
-    )
-    parser.add_argument(
-        "--skip-existing",
-        action="store_true",
-        help="Keep output files that already exist (resume an interrupted run).",
-    )
-    return parser
 
 
 @cli_main

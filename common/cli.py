@@ -3,13 +3,16 @@
 An `Option` is one setting (key, type, default, help, group, ...). `build_parser` turns a list of
 them into an argparse parser whose namespace holds only the flags given explicitly (kebab case:
 `--micro-batch-size` sets `micro_batch_size`); `load_config` reads a JSON config and checks every
-key and value against the same list. Errors are one-line `UserError`s with exit code 64.
+key and value against the same list. Tools without a config file (converters, data tools) use
+`parse_tool_args`: positional and required options, and a namespace with every key filled in.
+Errors are one-line `UserError`s with exit code 64.
 """
 
 import argparse
 import dataclasses
 import difflib
 import json
+import sys
 
 from common.errors import UserError
 from common.fileio import read_json
@@ -33,6 +36,10 @@ class Option:
     aliases: tuple = ()  # (alias, canonical value) pairs
     extra_flags: tuple = ()  # other spellings, e.g. the reference's --enable_recomputation
     concern: str = ""  # which part of a run the option configures (options.CONCERNS)
+    positional: bool = False  # a positional argument named `key` (tools only)
+    nargs: object = None  # argparse nargs for lists, e.g. "+" (each item is checked)
+    required: bool = False  # the flag must be given (tools only)
+    metavar: str | None = None  # shown in --help instead of the type, e.g. "FILE"
 
     @property
     def flags(self):
@@ -145,35 +152,157 @@ def _describe_default(opt):
 
 
 def build_parser(options, script_name, description="", require_config=True):
-    """An argparse parser for `options` whose namespace holds only the flags given explicitly."""
-    config = "--config FILE.json" if require_config else "[--config FILE.json]"
+    """An argparse parser for `options` whose namespace holds only the flags given explicitly.
+
+    `require_config` True shows --config as required in the usage line, False as optional, and
+    None leaves --config out altogether.
+    """
+    config = {True: " --config FILE.json", False: " [--config FILE.json]", None: ""}
     parser = _Parser(
         prog=script_name,
         description=description,
-        usage=f"{script_name} [--help] {config} [--option VALUE ...]",
+        usage=f"{script_name} [--help]{config[require_config]} [--option VALUE ...]",
         epilog="Booleans: --flag, --flag true|false, --no-flag. Lists and dicts: JSON text. "
         "Precedence: flag > config > default.",
         allow_abbrev=False,
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--config", metavar="FILE", help="JSON config file (keys = option names)")
+    if require_config is not None:
+        parser.add_argument(
+            "--config", metavar="FILE", help="JSON config file (keys = option names)"
+        )
     groups = {}
     for opt in options:
         if opt.group not in groups:
             groups[opt.group] = parser.add_argument_group(opt.group)
         note = " [IPU only]" if opt.ipu_only else ""
-        text = f"{opt.help}{note} (default: {_describe_default(opt)})".replace("%", "%%")
-        metavar = "{" + ",".join(opt.choices) + "}" if opt.choices else opt.type.upper()
-        kwargs = dict(dest=opt.key, type=_cli_converter(opt), help=text, metavar=metavar)
-        if opt.type == "bool":
-            kwargs.update(nargs="?", const=True, metavar="BOOL")
-        groups[opt.group].add_argument(*opt.flags, **kwargs)
-        if opt.type == "bool":
-            negations = [f"--no-{flag[2:]}" for flag in opt.flags]
-            groups[opt.group].add_argument(
-                *negations, dest=opt.key, action="store_const", const=False, help=argparse.SUPPRESS
-            )
+        text = f"{opt.help}{note} (default: {_describe_default(opt)})"
+        _add_option(groups[opt.group], opt, opt.flags, text, argparse.SUPPRESS)
     return parser
+
+
+def _add_option(group, opt, flags, text, default):
+    """Add `opt` to an argparse group; booleans take --flag, --flag true|false and --no-flag."""
+    metavar = opt.metavar or ("{" + ",".join(opt.choices) + "}" if opt.choices else None)
+    kwargs = dict(type=_cli_converter(opt), help=text.replace("%", "%%"), default=default)
+    if opt.nargs is not None:
+        kwargs["nargs"] = opt.nargs
+    if opt.positional:
+        group.add_argument(opt.key, metavar=metavar or opt.key, **kwargs)
+        return
+    kwargs.update(dest=opt.key, metavar=metavar or opt.type.upper())
+    if opt.required:
+        kwargs["required"] = True
+    if opt.type == "bool":
+        kwargs.update(nargs="?", const=True, metavar="BOOL")
+    group.add_argument(*flags, **kwargs)
+    if opt.type == "bool":
+        negations = [f"--no-{flag[2:]}" for flag in flags if flag.startswith("--")]
+        group.add_argument(
+            *negations,
+            dest=opt.key,
+            action="store_const",
+            const=False,
+            default=default,
+            help=argparse.SUPPRESS,
+        )
+
+
+class _ToolParser(_Parser):
+    """A `_Parser` that reads option values starting with "-" and keeps positionals after booleans.
+
+    argparse takes `--layers -1,-2` for two flags and `--force CHECKPOINT` for a boolean given the
+    value CHECKPOINT; the arguments are rewritten to `--layers=-1,-2` and `--force=true` first.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self._attach_values(args), namespace)
+
+    def _attach_values(self, args):
+        actions = {flag: a for a in self._actions for flag in a.option_strings}
+        out, i = [], 0
+        while i < len(args):
+            arg, following = args[i], args[i + 1] if i + 1 < len(args) else None
+            action = actions.get(arg)
+            if arg == "--":
+                return out + args[i:]
+            if action is None or following is None or action.nargs not in (None, "?"):
+                out.append(arg)
+            elif action.nargs == "?":  # a boolean: takes the next word only if it is one
+                taken = _is_bool_text(following)
+                out.append(f"{arg}={following if taken else 'true'}")
+                i += taken
+            elif following.startswith("-") and following.split("=")[0] not in actions:
+                out.append(f"{arg}={following}")
+                i += 1
+            else:
+                out.append(arg)
+            i += 1
+        return out
+
+
+def _is_bool_text(text):
+    try:
+        bool_from_text(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe_tool_default(opt):
+    if opt.required:
+        return " (required)"
+    if opt.positional or opt.default is None:
+        return ""
+    return f" (default: {json.dumps(opt.default)})"
+
+
+def build_tool_parser(options, prog, description="", epilog=None, underscore_flags=False):
+    """An argparse parser for a tool without a config file; see `parse_tool_args`."""
+    bools = "Booleans: --flag, --flag true|false, --no-flag."
+    has_bool = any(o.type == "bool" and not o.positional for o in options)
+    parser = _ToolParser(
+        prog=prog,
+        description=description,
+        epilog=" ".join(filter(None, [epilog, bools if has_bool else None])) or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    groups = {}
+    for opt in options:
+        if opt.group not in groups:
+            groups[opt.group] = parser.add_argument_group(opt.group) if opt.group else parser
+        flags = opt.flags
+        if underscore_flags and "_" in opt.key:
+            flags = tuple(dict.fromkeys((*flags, "--" + opt.key)))
+        text = f"{opt.help}{_describe_tool_default(opt)}"
+        _add_option(groups[opt.group], opt, flags, text, opt.default)
+    return parser
+
+
+def parse_tool_args(
+    options, argv=None, prog=None, description="", epilog=None, underscore_flags=False
+):
+    """Parse a tool's command line (no --config) into a namespace holding every option's key.
+
+    Args:
+      options: `Option`s; `positional`, `nargs` and `required` apply here. A key not given on
+        the command line gets the option's default.
+      argv: the arguments (default sys.argv[1:]).
+      prog: the program name shown in usage and errors.
+      description, epilog: --help text around the options.
+      underscore_flags: also accept `--output_dir` for `--output-dir` (the reference's spelling).
+
+    Returns:
+      argparse.Namespace with one attribute per option key.
+
+    Raises:
+      UserError: one line, exit code 64, for an unknown flag, a missing or badly typed value.
+        `--help` raises SystemExit(0) after printing help.
+    """
+    parser = build_tool_parser(options, prog, description, epilog, underscore_flags)
+    return parser.parse_args(argv)
 
 
 def load_config(path, options):
