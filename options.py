@@ -221,8 +221,8 @@ OPTIONS = [
         O("n_best_size", "int", 20, "SQuAD answer candidates per example"),
         O("max_answer_length", "int", 30, "SQuAD longest answer in tokens"),
         O("null_score_diff_threshold", "float", 0.0, "SQuAD 2.0: no answer if null - best > it"),
-        O("verbose_logging", "bool", False, "SQuAD: print each answer that cannot be mapped back "
-          "to the original text, and the n-best candidates of the first examples"),
+        O("verbose_logging", "bool", False, "SQuAD: report each predicted answer that cannot be "
+          "mapped back onto the original text (Google's verbose_logging)"),
         O("do_training", "bool", False, "run training"),
         O("do_predict", "bool", False, "run prediction"),
         O("do_evaluation", "bool", False, "run evaluation"),

@@ -609,21 +609,29 @@ def basic_tokenize(text, do_lower_case):
     return tokens
 
 
-def get_final_text(pred_text, orig_text, do_lower_case):
+def get_final_text(pred_text, orig_text, do_lower_case, verbose=False):
     """Projects a detokenised prediction back onto the original words (Google's `get_final_text`).
 
     `pred_text` is normalised (lower-cased, punctuation split) while `orig_text` is the original span
     of whole words, so e.g. "Steve Smith's" with prediction "steve smith" becomes "Steve Smith". The
     original text is aligned character by character with its basic-tokenised form, ignoring spaces;
-    when the alignment fails, the whole original span is returned.
+    when the alignment fails, the whole original span is returned (with `verbose`, saying why on
+    stderr, as Google's verbose_logging).
     """
     tok_text = " ".join(basic_tokenize(orig_text, do_lower_case))
     start = tok_text.find(pred_text)
     end = start + len(pred_text) - 1
     if not pred_text or start == -1 or tok_text[start] == " " or tok_text[end] == " ":
+        if verbose:
+            print(f"unable to find {pred_text!r} in {orig_text!r}", file=sys.stderr)
         return orig_text
     orig_kept = [i for i, ch in enumerate(orig_text) if ch != " "]  # non-space index -> index
     if len(orig_kept) != len(tok_text) - tok_text.count(" "):
+        if verbose:
+            print(
+                f"length not equal after stripping spaces: {orig_text!r} vs {tok_text!r}",
+                file=sys.stderr,
+            )
         return orig_text
     # Position among the non-space characters = position minus the spaces before it.
     ns_start = start - tok_text.count(" ", 0, start)
@@ -659,6 +667,7 @@ def compute_predictions(
     do_lower_case,
     version_2_with_negative,
     null_score_diff_threshold,
+    verbose=False,
 ):
     """Google's n-best decoding of span logits into answer texts (no files; see write_predictions).
 
@@ -671,6 +680,7 @@ def compute_predictions(
       do_lower_case: casing of the model (for `get_final_text`).
       version_2_with_negative: add the null answer (min over windows of start[0] + end[0]).
       null_score_diff_threshold: v2 predicts "" when null score - best span score exceeds it.
+      verbose: report on stderr each answer that cannot be mapped back onto the original text.
 
     Returns:
       (predictions {id: text}, nbest {id: [{text, probability, start_logit, end_logit}]},
@@ -715,7 +725,7 @@ def compute_predictions(
                 orig_end = features.token_to_orig_map[f, end]
                 pieces = [features.id_to_token[t] for t in features.input_ids[f, start : end + 1]]
                 orig_text = " ".join(example.doc_tokens[orig_start : orig_end + 1])
-                text = get_final_text(_detokenize(pieces), orig_text, do_lower_case)
+                text = get_final_text(_detokenize(pieces), orig_text, do_lower_case, verbose)
             if text in seen:
                 continue
             seen.add(text)
@@ -756,6 +766,7 @@ def write_predictions(
     version_2_with_negative,
     null_score_diff_threshold,
     output_dir,
+    verbose=False,
 ):
     """Decodes answers (see compute_predictions) and writes them to `output_dir` atomically.
 
@@ -773,6 +784,7 @@ def write_predictions(
         do_lower_case,
         version_2_with_negative,
         null_score_diff_threshold,
+        verbose,
     )
     outputs = {"predictions": predictions, "nbest": nbest}
     if version_2_with_negative:

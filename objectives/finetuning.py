@@ -1,0 +1,376 @@
+"""What the SQuAD and GLUE tasks share: options, the model from a checkpoint, heads, data, prediction.
+
+Model configuration when fine-tuning from `--init-checkpoint` (read by `interop.read_checkpoint`, the
+one resolver of checkpoint paths):
+- The "architecture" fields of model_config.BertConfig (sizes, activation, LayerNorm epsilon, bias
+  switches) come from the checkpoint (its folder's bert_config.json / config.json / arguments.json,
+  checked against the tensors). A value that the config file or a flag sets explicitly and that
+  contradicts the checkpoint is an error: the run would otherwise fine-tune a different model than
+  the one the user named.
+- The "training" fields (dropout rates, initializer_range): explicit options win, otherwise the
+  checkpoint's config, otherwise BERT's defaults.
+- The vocabulary is `--vocab-file`, or the vocab found beside the checkpoint; it may not have more
+  tokens than the checkpoint has embedding rows. `--do-lower-case` is checked against the vocab
+  (and against the casing the checkpoint's folder records, when it does).
+
+Heads (`cls/squad/output_*` for SQuAD, `glue_loss/output_*` for GLUE) start fresh unless the
+checkpoint has them (a fine-tuned checkpoint); the run log says which.
+"""
+
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+
+import model_config
+import options
+from common.errors import UserError
+
+# Fine-tuning defaults (the reference's fine-tuning configs): AdamW, warm-up then linear decay.
+DEFAULTS = {
+    "optimizer": "adamw",
+    "weight_decay_rate": 0.01,
+    "epsilon": 1e-6,
+    "lr_schedule": "polynomial_decay",
+    "warmup": 0.1,
+    "precision": "32",
+    "micro_batch_size": 32,
+    "steps_per_ckpts": 1_000_000,  # the final checkpoint only (the reference's GLUE configs: 99999)
+    "steps_per_logs": 10,
+    "max_predictions_per_seq": 1,  # no MLM head; keeps the pretraining-only check quiet
+}
+_SALT_CLASSIFIER = 999_983  # dropout salt of the classifier input (the encoder's are small)
+HEAD_VARIABLES = {
+    "squad": ("cls/squad/output_weights", "cls/squad/output_bias"),
+    "classifier": ("glue_loss/output_weights", "glue_loss/output_bias"),
+}
+
+
+def parse(argv, script, description, scope, defaults):
+    """RunConfig of a fine-tuning script (scope "squad" or "glue"), with fine-tuning defaults."""
+    cfg = options.parse_options(
+        argv, script, description, groups=("common", scope), defaults={**DEFAULTS, **defaults}
+    )
+    tune = cfg.finetune
+    if not (tune.do_training or tune.do_predict or tune.do_evaluation):
+        raise UserError(
+            "nothing to do: give --do-training, --do-predict and/or --do-evaluation",
+            options.EX_USAGE,
+        )
+    return cfg
+
+
+# ----------------------------------------------------------------------------- model configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """The model to fine-tune: its config, the checkpoint it comes from, the vocab and casing.
+
+    Attributes:
+      config: model_config.BertConfig.
+      source: interop.Source of --init-checkpoint, or None.
+      cfg: the RunConfig with vocab_file and do_lower_case filled from the checkpoint's folder.
+    """
+
+    config: model_config.BertConfig
+    source: object
+    cfg: object
+
+
+def resolve_model(cfg):
+    """The model to fine-tune (see the module docstring); returns `Resolved`."""
+    import interop
+
+    fields = options.bert_config_fields(cfg)
+    fields.update(static_mask=False, max_predictions_per_seq=1)
+    source = None
+    if cfg.checkpoint.init_checkpoint:
+        source = interop.read_checkpoint(cfg.checkpoint.init_checkpoint)
+        given = source.config or interop.shape_fields(source.model)
+        for key in model_config.fields_of_kind("architecture"):
+            if key not in given:
+                continue
+            mine = cfg[key]
+            if cfg.is_explicit(key) and key != "vocab_size" and mine != given[key]:
+                raise UserError(
+                    f"{key} is {mine!r} in {cfg.source(key)} but the checkpoint {source.path} has "
+                    f"{given[key]!r}; remove it from the config or use a matching checkpoint"
+                )
+            fields[key] = given[key]
+        for key in model_config.fields_of_kind("training"):
+            if key in given and not cfg.is_explicit(key):
+                fields[key] = given[key]
+        if source.config is None:
+            missing = [k for k in ("num_attention_heads", "hidden_act") if not cfg.is_explicit(k)]
+            if missing:
+                raise UserError(
+                    f"no model config next to {source.path}: put its bert_config.json there or "
+                    f"set {', '.join(missing)}"
+                )
+    cfg = _check_vocab(cfg, fields, source)
+    return Resolved(model_config.BertConfig.from_dict(fields), source, cfg)
+
+
+def _check_vocab(cfg, fields, source):
+    """Fill vocab_file and casing from the checkpoint; vocab and checkpoint must fit together."""
+    vocab_file, lower = cfg.data.vocab_file, cfg.data.do_lower_case
+    if source is not None and not vocab_file:
+        vocab_file = source.vocab_file
+    if not vocab_file:
+        if cfg.data.generated_data:
+            return cfg
+        raise UserError("--vocab-file is required (or a checkpoint folder holding vocab.txt)")
+    with open(vocab_file, encoding="utf-8") as f:
+        lines = sum(1 for _ in f)
+    if source is not None and lines > fields["vocab_size"]:
+        raise UserError(
+            f"vocab_file {vocab_file} has {lines} tokens but the checkpoint {source.path} "
+            f"has {fields['vocab_size']} embedding rows: they do not belong together"
+        )
+    if "vocab_size" not in fields:
+        fields["vocab_size"] = lines
+    if source is not None and source.format == "hf" and source.do_lower_case is not None:
+        if source.do_lower_case != lower and cfg.is_explicit("do_lower_case"):
+            raise UserError(
+                f"do_lower_case is {lower} in {cfg.source('do_lower_case')} but the checkpoint "
+                f"{source.path} was trained with do_lower_case {source.do_lower_case}: the other "
+                "casing"
+            )
+        lower = source.do_lower_case
+    return cfg.updated(vocab_file=vocab_file, do_lower_case=lower)
+
+
+def tokenizer(cfg):
+    """The WordPiece tokenizer of the run (casing checked against the vocab, specials present)."""
+    from bert_data import tokenization
+
+    tok = tokenization.FullTokenizer(cfg.data.vocab_file, cfg.data.do_lower_case)
+    tokenization.check_special_tokens(tok.vocab, cfg.data.vocab_file)
+    tokenization.check_casing(tok.vocab, cfg.data.do_lower_case, cfg.data.vocab_file)
+    return tok
+
+
+def build_model(cfg, config, head, num_outputs, seed, strategy):
+    """BertModel without pretraining heads, plus the task head's variables, under `strategy`.
+
+    Args:
+      head: "squad" (start/end logits: [2,H] weights) or "classifier" ([num_outputs,H]).
+    """
+    import modeling
+
+    with strategy.scope():
+        model = modeling.BertModel(config, heads=(), seed=seed)
+        weights, bias = HEAD_VARIABLES[head]
+        size = 2 if head == "squad" else num_outputs
+        modeling.add_variable(
+            model.params,
+            weights,
+            [size, config.hidden_size],
+            stddev=config.initializer_range,
+            seed=seed,
+        )
+        modeling.add_variable(model.params, bias, [size], "zeros")
+    return model
+
+
+def train_or_load(cfg, resolved, strategy, model, head, loss_fn, arrays, evaluate=None):
+    """Fine-tune `model` on `arrays` (--do-training) or load a fine-tuned checkpoint, head included.
+
+    Loading happens here, before the loop. Training goes through the shared loop; the run
+    directory (returned, None when only loading) gets a copy of the vocab, so it is itself a
+    checkpoint that prediction can load. `evaluate`: callable(step) -> {metric: float} run every
+    steps_per_eval steps (and after the last).
+    """
+    import interop
+    import objectives
+
+    source = resolved.source
+    if not cfg.finetune.do_training:
+        if source is None:
+            raise UserError(
+                "--do-predict/--do-evaluation without --do-training need --init-checkpoint of a "
+                "fine-tuned model"
+            )
+        print(interop.load_into(source, model.params).summary(), flush=True)
+        return None
+
+    def init(trainer):
+        if source is None:
+            return []
+        fresh = interop.head_prefixes([head])
+        return [interop.load_into(source, model.params, allow_fresh=fresh).summary()]
+
+    result = objectives.fit(
+        cfg,
+        strategy,
+        model,
+        loss_fn,
+        train_dataset(arrays, cfg, cfg.loop.seed),
+        tokens_fn=real_tokens,
+        samples_per_epoch=len(arrays["input_ids"]),
+        flops_per_sample=flops_per_sample(resolved.config, cfg.data.seq_length),
+        init=init,
+        evaluate=evaluate,
+    )
+    if result.run_dir is None:  # compile only
+        return None
+    vocab_copy = os.path.join(result.run_dir, "vocab.txt")
+    if cfg.data.vocab_file and not os.path.exists(vocab_copy):
+        shutil.copy(cfg.data.vocab_file, vocab_copy)
+    return result.run_dir
+
+
+def flops_per_sample(config, seq_length):
+    import modeling
+
+    return modeling.pretraining_flops_per_sequence(config, seq_length, 0)
+
+
+# ----------------------------------------------------------------------------- model functions
+
+
+def head_outputs(model, features, training, dropout_seed, compute_dtype, head, dropout=0.0):
+    """Task logits from the encoder.
+
+    Returns:
+      squad: (start_logits, end_logits), float32 [B,S] each.
+      classifier: float32 [B,num_outputs] from the pooled output (dropout `dropout` when training).
+    """
+    import tensorflow as tf
+
+    import modeling
+
+    weights, bias = (model.params[n] for n in HEAD_VARIABLES[head])
+    if head == "squad":
+        x, _ = modeling.bert_encoder(
+            model.params, model.config, features, training, dropout_seed, compute_dtype
+        )  # [B,S,H]
+        logits = tf.einsum("bsh,kh->bks", x, tf.cast(weights, x.dtype))  # [B,2,S]
+        logits = tf.cast(logits, tf.float32) + bias[tf.newaxis, :, tf.newaxis]
+        return logits[:, 0], logits[:, 1]
+    pooled = modeling.bert_pooled_output(
+        model.params, model.config, features, training, dropout_seed, compute_dtype
+    )  # [B,H]
+    if training and dropout > 0:
+        pooled = modeling.dropout(pooled, dropout, True, dropout_seed, salt=_SALT_CLASSIFIER)
+    logits = tf.matmul(pooled, tf.cast(weights, pooled.dtype), transpose_b=True)  # [B,C]
+    return tf.cast(logits, tf.float32) + bias
+
+
+def real_tokens(features):
+    """Non-pad tokens of a micro-batch (for tokens/s in the log)."""
+    import tensorflow as tf
+
+    return tf.reduce_sum(features["input_mask"])
+
+
+def predict(cfg, model, arrays, fn, names):
+    """Run `fn(model, features)` over `arrays` in micro-batches (the last one padded).
+
+    Args:
+      arrays: {feature name: np.ndarray [N,...]} (model inputs).
+      fn: traced (model, features) -> tuple of float32 tensors [B,...].
+      names: names of fn's outputs.
+    Returns:
+      {name: np.ndarray [N,...]}.
+    """
+    import tensorflow as tf
+
+    n = len(next(iter(arrays.values())))
+    batch = cfg.loop.micro_batch_size
+    padded = -(-n // batch) * batch
+    inputs = {k: np.concatenate([v, np.repeat(v[-1:], padded - n, 0)]) for k, v in arrays.items()}
+    step = tf.function(lambda f: fn(model, f), jit_compile=bool(cfg.loop.xla))
+    outs = {name: [] for name in names}
+    from tqdm import tqdm
+
+    for start in tqdm(range(0, padded, batch), disable=None, leave=False, unit="batch"):
+        got = step({k: tf.constant(v[start : start + batch]) for k, v in inputs.items()})
+        for name, value in zip(names, got):
+            outs[name].append(value.numpy())
+    return {name: np.concatenate(v)[:n] for name, v in outs.items()}
+
+
+def compute_dtype(cfg):
+    import tensorflow as tf
+
+    return tf.as_dtype(cfg.loop.compute_dtype)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def with_training_length(cfg, num_examples):
+    """cfg with num_train_steps from the epochs when not given, as the reference: (N // GBS) x
+    epochs (then rounded to device_iterations like every step count)."""
+    gbs = cfg.loop.global_batch_size
+    if num_examples < gbs:
+        raise UserError(
+            f"{num_examples} training examples are fewer than one global batch ({gbs}); "
+            "lower micro_batch_size/global_batch_size"
+        )
+    if cfg.loop.num_train_steps is not None:
+        return cfg
+    return cfg.updated(num_train_steps=max(1, num_examples // gbs * (cfg.loop.epochs or 1)))
+
+
+def train_dataset(arrays, cfg, seed):
+    """In-memory arrays -> one-step elements [GA, micro_batch, ...], reshuffled every epoch.
+
+    The order is a stateless permutation of (seed, epoch), so the iterator's position is a single
+    counter: checkpoints stay small and a resumed run sees exactly the batches it would have seen.
+    With `buffer_size` (GLUE) smaller than the data, examples are shuffled within consecutive
+    windows of that many, and the windows' order is shuffled too, like a shuffle buffer bounds how
+    far an example moves.
+    """
+    import tensorflow as tf
+
+    n = len(next(iter(arrays.values())))
+    tensors = {k: tf.constant(v) for k, v in arrays.items()}
+    window = cfg.finetune.buffer_size or n
+    windows = -(-n // window)
+
+    def example(i):
+        epoch, index = i // n, i % n
+        seed2 = tf.stack([tf.constant(seed % 2**31, tf.int64), epoch])
+        if window >= n:
+            j = tf.random.experimental.index_shuffle(index, seed2, n - 1)
+        else:
+            block, offset = index // window, index % window
+            # The last window may be shorter: its examples are shuffled among themselves.
+            order = tf.random.experimental.index_shuffle(block, seed2, windows - 1)
+            size = tf.minimum(tf.constant(window, tf.int64), n - order * window)
+            offset = tf.minimum(offset, size - 1)
+            j = order * window + tf.random.experimental.index_shuffle(offset, seed2 + 1, size - 1)
+        return {k: tf.gather(v, j) for k, v in tensors.items()}
+
+    ds = tf.data.Dataset.range(2**62).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(cfg.loop.micro_batch_size).batch(cfg.loop.gradient_accumulation_count)
+    return ds.prefetch(2)
+
+
+def generated_arrays(cfg, num, vocab_size, extra):
+    """Random well-formed inputs (`--generated-data`): ids, full masks, segment 0 then 1."""
+    rng = np.random.default_rng(cfg.loop.seed)
+    seq = cfg.data.seq_length
+    ids = rng.integers(5, vocab_size, size=(num, seq), dtype=np.int32)
+    segments = np.zeros((num, seq), np.int32)
+    segments[:, seq // 2 :] = 1
+    arrays = {
+        "input_ids": ids,
+        "input_mask": np.ones((num, seq), np.int32),
+        "segment_ids": segments,
+    }
+    arrays.update(extra(rng, num))
+    return arrays
+
+
+def output_dir(cfg, run_dir=None):
+    """Where predictions and results go: --output-dir, else the training run's directory."""
+    path = cfg.finetune.output_dir or run_dir
+    if path is None:
+        path = os.path.join(cfg.checkpoint.save_path or "checkpoints", f"{cfg.task}_predictions")
+    os.makedirs(path, exist_ok=True)
+    return path
