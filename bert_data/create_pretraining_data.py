@@ -42,7 +42,7 @@ import numpy as np
 from numpy.random import SeedSequence, default_rng  # imported once here, not in every worker
 
 from bert_data import records
-from bert_data.tokenization import FullTokenizer, check_casing
+from bert_data.tokenization import FullTokenizer, check_casing, check_special_tokens
 from common.errors import UserError, cli_main
 from common.fileio import atomic_outputs, ensure_output_dir
 
@@ -716,6 +716,7 @@ def run(args):
     if total_bytes == 0:
         raise UserError(f"input is empty: {args.input_file}")
     tok = FullTokenizer(args.vocab_file, args.do_lower_case)
+    check_special_tokens(tok.vocab, args.vocab_file)  # [PAD] [UNK] [CLS] [SEP] [MASK]
     check_casing(tok.vocab, args.do_lower_case, args.vocab_file)
     _TOKENIZER[(args.vocab_file, args.do_lower_case)] = tok  # forked workers inherit it
     cfg = _chunk_config(args, tok, len(outputs))
