@@ -9,7 +9,7 @@ A drop-in for google-research/bert's `tokenization.py`: `FullTokenizer`, `BasicT
 The output equals Google's BasicTokenizer + WordPiece token for token: text cleaning (control characters
 dropped, whitespace normalised), spaces around CJK ideographs, lower-casing with accent stripping when
 `do_lower_case`, splitting on punctuation, then greedy longest-match-first WordPiece with `##` continuations
-and words over 100 characters mapped to [UNK]. `FullTokenizer` splits text on whitespace once (`str.split`,
+and words over 200 characters mapped to [UNK]. `FullTokenizer` splits text on whitespace once (`str.split`,
 which agrees with Google's rule once the control characters it would split on are deleted) and tokenises
 each distinct whitespace-delimited piece once, caching it (Zipf's law: a corpus has few distinct pieces).
 Pure-ASCII text takes a regex path; other text takes Google's per-character steps. Expanding the cached
@@ -30,7 +30,8 @@ from common.errors import UserError
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # What the fine-tuning and feature tools need: [UNK] for unknown words, [CLS] and [SEP] to frame inputs.
 TASK_SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]")
-MAX_INPUT_CHARS_PER_WORD = 100
+# Google's WordpieceTokenizer default, which its FullTokenizer uses (Hugging Face's BertTokenizer uses 100).
+MAX_INPUT_CHARS_PER_WORD = 200
 
 # Pure-ASCII text (most of an English corpus) takes a faster exact path: Google's cleaning deletes the ASCII
 # control characters other than tab/newline/CR, and every printable non-alphanumeric ASCII character is
@@ -315,7 +316,7 @@ class WordpieceTokenizer:
         characters, becomes.
     """
 
-    def __init__(self, vocab, unk_token="[UNK]", max_input_chars_per_word=200):
+    def __init__(self, vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD):
         self.vocab = vocab
         self.unk_token = unk_token
         self.max_input_chars_per_word = max_input_chars_per_word
@@ -518,7 +519,7 @@ class FullTokenizer:
 
         Whole-word vocab hits are looked up in one C-level pass; the other words go through
         Hugging Face `tokenizers`' WordPiece model (Rust, the same greedy longest-match-first
-        algorithm with Google's 100-character limit) in one batch.
+        algorithm, here with Google's 200-character limit) in one batch.
         """
         if self._longest > MAX_INPUT_CHARS_PER_WORD:  # a vocab entry that is too long to match
             return list(map(self._word_pieces, words))

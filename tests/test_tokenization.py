@@ -53,7 +53,7 @@ HARD_CASES = [
     "nbsp\u00a0thin\u2009ideo\u3000space",
     "中文字符和日本語のテキスト mixed漢字text",
     "private\ue000use unassigned\U000e0080 surrogate-free",
-    "a" * 100 + " " + "b" * 101,  # 100 characters pass, 101 -> [UNK]
+    "a" * 200 + " " + "b" * 201,  # 200 characters pass, 201 -> [UNK] (Google's limit)
     "emoji 😀 and symbols ©®™ ½ ∑",
     "don't stop-believing (1,234.56) [x] {y} <z> a_b a|b ~`^",
     "",
@@ -70,7 +70,10 @@ def test_hard_cases(lower):
 @needs_data
 def test_long_word_is_unk_and_api_names():
     tok = FullTokenizer(VOCAB, True)
-    assert tok.tokenize("a" * 101) == ["[UNK]"]
+    assert tok.tokenize("a" * 201) == ["[UNK]"]
+    # Google's limit is 200 characters (Hugging Face's BertTokenizer has 100).
+    pieces = tok.tokenize("a" * 200)
+    assert "[UNK]" not in pieces and "".join(p.removeprefix("##") for p in pieces) == "a" * 200
     tokens = tok.tokenize("Unaffable playing")
     assert tokens == ["una", "##ffa", "##ble", "playing"]
     ids = tok.convert_tokens_to_ids(tokens)
@@ -145,6 +148,9 @@ def test_google_full_tokenizer_on_a_vocab_without_pad_and_mask(tmp_path):
     assert tok.vocab["runn"] == 8 and tok.inv_vocab[8] == "runn"
     assert tok.basic_tokenizer.tokenize("UNwant\u00e9d") == ["unwanted"]
     assert tok.wordpiece_tokenizer.tokenize("unwanted") == ["un", "##want", "##ed"]
+    # Google's FullTokenizer keeps WordpieceTokenizer's default limit of 200 characters.
+    assert tok.tokenize("UN" + "want" * 49) == ["un"] + ["##want"] * 49
+    assert tok.tokenize("un" + "want" * 50) == ["[UNK]"]
 
 
 def test_google_chinese_characters_become_words():
@@ -171,6 +177,8 @@ def test_google_wordpiece_tokenizer():
     assert wordpiece.max_input_chars_per_word == 200  # Google's default
     short = tokenization.WordpieceTokenizer(vocab, unk_token="<?>", max_input_chars_per_word=7)
     assert short.tokenize("unwanted want") == ["<?>", "want"]  # 8 characters > 7
+    assert wordpiece.tokenize("un" + "want" * 49) == ["un"] + ["##want"] * 49  # 198 characters
+    assert wordpiece.tokenize("un" + "want" * 50) == ["[UNK]"]  # 202 characters
 
 
 def test_google_convert_tokens_to_ids():
