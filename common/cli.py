@@ -143,19 +143,27 @@ def _describe_default(opt):
     return text if opt.type != "bool" else text.replace("null", "auto")
 
 
-def build_parser(options, script_name, description="", require_config=True):
-    """An argparse parser for `options` whose namespace holds only the flags given explicitly."""
+def build_parser(options, script_name, description="", require_config=True, with_config=True):
+    """An argparse parser for `options` whose namespace holds only the flags given explicitly.
+
+    `with_config=False` leaves out `--config`, for a tool configured by flags alone.
+    """
     config = "--config FILE.json" if require_config else "[--config FILE.json]"
+    config = f" {config}" if with_config else ""
+    precedence = "flag > config > default" if with_config else "flag > default"
     parser = _Parser(
         prog=script_name,
         description=description,
-        usage=f"{script_name} [--help] {config} [--option VALUE ...]",
+        usage=f"{script_name} [--help]{config} [--option VALUE ...]",
         epilog="Booleans: --flag, --flag true|false, --no-flag. Lists and dicts: JSON text. "
-        "Precedence: flag > config > default.",
+        f"Precedence: {precedence}.",
         allow_abbrev=False,
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--config", metavar="FILE", help="JSON config file (keys = option names)")
+    if with_config:
+        parser.add_argument(
+            "--config", metavar="FILE", help="JSON config file (keys = option names)"
+        )
     groups = {}
     for opt in options:
         if opt.group not in groups:
