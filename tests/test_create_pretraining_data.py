@@ -486,7 +486,17 @@ def test_tokenizer_matches_reference_on_random_unicode():
     ]
     pool += ["\u200b", "\u00ad", "\x00", "\x01", "\x0b", "\x1c", "\x7f", "\x85", "\x9f", "\u2028"]
     pool += ["\u2029", "\u00a0", "\u3000", "\t", "\n", "\r", "\ufffd", "漢", "の", "😀", "\ue000"]
-    pool += ["\U000e0080", "\u0378", "«", "—", "…", "½", "Ⅻ", "ǅ", "x" * 101]
+    pool += [
+        "\U000e0080",
+        "\u0378",
+        "«",
+        "—",
+        "…",
+        "½",
+        "Ⅻ",
+        "ǅ",
+        "x" * 201,
+    ]  # over the 200-character limit
     rng = np.random.default_rng(2)
     texts = ["".join(rng.choice(pool, int(rng.integers(0, 20)))) for _ in range(3000)]
     texts += ["ñabΣ\ufffdΑΣ9\x9f"]  # Google lower-cases after deleting U+009F: a medial sigma
