@@ -180,6 +180,7 @@ def main(argv=None):
     layer_indices = _layer_indices(args.layers, config.num_hidden_layers)
     vocab_file = _find_vocab(args, source)
     tokenizer = tokenization.FullTokenizer(vocab_file, args.do_lower_case)
+    tokenization.check_special_tokens(tokenizer.vocab, vocab_file, tokenization.TASK_SPECIAL_TOKENS)
     tokenization.check_casing(tokenizer.vocab, args.do_lower_case, vocab_file)
     if tokenizer.vocab_size > config.vocab_size:
         raise UserError(

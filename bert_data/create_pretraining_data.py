@@ -22,7 +22,6 @@ import sys
 if __package__ in (None, ""):  # run as a file: import from the repository root, not bert_data/
     sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
 
-import argparse
 import codecs
 import contextlib
 import ctypes
@@ -42,7 +41,9 @@ import numpy as np
 from numpy.random import SeedSequence, default_rng  # imported once here, not in every worker
 
 from bert_data import records
-from bert_data.tokenization import FullTokenizer, check_casing
+from bert_data.tokenization import FullTokenizer, check_casing, check_special_tokens
+from common import cli
+from common.cli import Option
 from common.errors import UserError, cli_main
 from common.fileio import atomic_outputs, ensure_output_dir
 
@@ -514,6 +515,9 @@ def _outputs(spec):
 
 
 def _check_args(args):
+    missing = [f"--{key.replace('_', '-')}" for key in REQUIRED if getattr(args, key) is None]
+    if missing:
+        raise UserError(f"missing {', '.join(missing)} (see --help)", cli.EX_USAGE)
     if args.sequence_length < 8:
         raise UserError(f"--sequence-length {args.sequence_length} is too small (minimum 8)")
     if not 1 <= args.mask_tokens <= args.sequence_length - 3:
@@ -531,33 +535,51 @@ def _check_args(args):
         raise UserError(f"--chunk-size-mb {args.chunk_size_mb} must be positive")
 
 
+def _option(group, key, kind, default, text, google=None):
+    """A flag of this tool; `google` is the spelling of Google's script, accepted as well."""
+    extra = (f"--{google}",) if google else ()
+    return Option(key, kind, default, text, group=group, extra_flags=extra)
+
+
+# The reference app's flags (kebab case), each also under Google's spelling where it has one, so
+# Google's README command runs unchanged. The defaults are the reference app's, not Google's.
+_IO, _DATA, _RUN = "input and output", "instances and masking", "running"
+OPTIONS = (
+    _option(_IO, "input_file", "str", None, "required: input text, comma-separated files or glob patterns", "input_file"),
+    _option(_IO, "output_file", "str", None, "required: output TFRecord(s), comma-separated (several = shards)", "output_file"),
+    _option(_IO, "vocab_file", "str", None, "required: WordPiece vocab (one token per line)", "vocab_file"),
+    _option(_IO, "do_lower_case", "bool", False, "lower-case and strip accents (uncased vocab)", "do_lower_case"),
+    _option(_DATA, "sequence_length", "int", 128, "maximum sequence length", "max_seq_length"),
+    _option(_DATA, "mask_tokens", "int", 20, "maximum masked positions per sequence", "max_predictions_per_seq"),
+    _option(_DATA, "duplication_factor", "int", 6, "passes over the data, each masked anew", "dupe_factor"),
+    _option(_DATA, "mlm_prob", "float", 0.15, "masked LM probability", "masked_lm_prob"),
+    _option(_DATA, "short_seq_prob", "float", 0.1, "probability of a shorter target length", "short_seq_prob"),
+    _option(_DATA, "seed", "int", 1984, "random seed", "random_seed"),
+    _option(_DATA, "whole_word_masking", "bool", False, "mask whole words (all ## pieces together)", "do_whole_word_mask"),
+    _option(_DATA, "remask", "bool", False, "write the static-mask layout (masked tokens first)"),
+    _option(_DATA, "pad_position_value", "int", 384, "input_position of empty slots (remask)"),
+    _option(_DATA, "max_samples", "int", -1, "stop after this many instances (-1: all)"),
+    _option(_RUN, "num_workers", "int", os.cpu_count() or 1, "parallel worker processes"),
+    _option(_RUN, "chunk_size_mb", "float", 0.25, "text per unit of work (bounds memory)"),
+    _option(_RUN, "quiet", "bool", False, "no progress bar"),
+)  # fmt: skip
+REQUIRED = ("input_file", "output_file", "vocab_file")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="create_pretraining_data.py",
+    """The parser of the flags in `OPTIONS`; its namespace has every option (defaults filled in)."""
+    parser = cli.build_parser(
+        OPTIONS,
+        "create_pretraining_data.py",
         description=__doc__.split("\n\n")[0]
         + " Memory is bounded by chunks, not by corpus size x duplication factor: each worker holds one "
         "chunk (about 60-80x --chunk-size-mb of RAM at seq 128 and duplication 5, plus its tokenizer "
-        "cache) and at most 2 x --num-workers finished chunks wait on disk to be written.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "cache) and at most 2 x --num-workers finished chunks wait on disk to be written. Google's flag "
+        "spellings (--input_file, --max_seq_length, --dupe_factor, ...) "
+        "work too.",
+        require_config=None,
     )
-    a = parser.add_argument
-    a("--input-file", required=True, help="input text: comma-separated files or glob patterns")
-    a("--output-file", required=True, help="output TFRecord(s), comma-separated: several = shards")
-    a("--vocab-file", required=True, help="WordPiece vocab (one token per line)")
-    a("--do-lower-case", action="store_true", help="lower-case and strip accents (uncased vocab)")
-    a("--sequence-length", type=int, default=128, help="maximum sequence length")
-    a("--mask-tokens", type=int, default=20, help="maximum masked positions per sequence")
-    a("--duplication-factor", type=int, default=6, help="passes over the data, each masked anew")
-    a("--mlm-prob", type=float, default=0.15, help="masked LM probability")
-    a("--short-seq-prob", type=float, default=0.1, help="probability of a shorter target length")
-    a("--seed", type=int, default=1984, help="random seed")
-    a("--max-samples", type=int, default=-1, help="stop after this many instances (-1: all)")
-    a("--remask", action="store_true", help="write the static-mask layout (masked tokens first)")
-    a("--pad-position-value", type=int, default=384, help="input_position of empty slots (remask)")
-    a("--whole-word-masking", action="store_true", help="mask whole words (all ## pieces together)")
-    a("--num-workers", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
-    a("--chunk-size-mb", type=float, default=0.25, help="text per unit of work (bounds memory)")
-    a("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(**{opt.key: opt.default for opt in OPTIONS})
     return parser
 
 
@@ -716,6 +738,7 @@ def run(args):
     if total_bytes == 0:
         raise UserError(f"input is empty: {args.input_file}")
     tok = FullTokenizer(args.vocab_file, args.do_lower_case)
+    check_special_tokens(tok.vocab, args.vocab_file)  # [PAD] [UNK] [CLS] [SEP] [MASK]
     check_casing(tok.vocab, args.do_lower_case, args.vocab_file)
     _TOKENIZER[(args.vocab_file, args.do_lower_case)] = tok  # forked workers inherit it
     cfg = _chunk_config(args, tok, len(outputs))

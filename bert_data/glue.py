@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bert_data import tokenization
 from common.errors import UserError
 from common.fileio import atomic_write_text, ensure_output_dir
 
@@ -342,7 +343,7 @@ def convert_examples_to_features(examples, task, tokenizer, max_seq_length):
     Args:
       examples: list of InputExample.
       task: task name (labels and regression come from its spec).
-      tokenizer: a `bert_data.tokenization.FullTokenizer` whose vocab has [CLS] and [SEP].
+      tokenizer: a `bert_data.tokenization.FullTokenizer` whose vocab has [UNK] [CLS] [SEP].
       max_seq_length: S.
 
     Returns:
@@ -358,9 +359,9 @@ def convert_examples_to_features(examples, task, tokenizer, max_seq_length):
             f"max_seq_length {seq} is too short for {spec.name}: [CLS] and [SEP] tokens alone take "
             f"{shortest}; use 128 (GLUE's usual length)"
         )
-    for token in ("[CLS]", "[SEP]"):
-        if token not in tokenizer.vocab:
-            raise UserError(f"vocab {tokenizer.vocab_file} lacks {token}; use a BERT vocab")
+    tokenization.check_special_tokens(
+        tokenizer.vocab, tokenizer.vocab_file, tokenization.TASK_SPECIAL_TOKENS
+    )
     cls_id, sep_id = tokenizer.vocab["[CLS]"], tokenizer.vocab["[SEP]"]
     n = len(examples)
     ids_a, len_a = tokenizer.encode_flat([e.text_a for e in examples])

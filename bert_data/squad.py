@@ -30,7 +30,6 @@ import math
 import random
 import re
 import tempfile
-import unicodedata
 import zipfile
 
 import numpy as np
@@ -361,6 +360,9 @@ def convert_examples_to_features(
       Features (see its docstring for every array's dtype and shape).
     """
     _check_window_settings(max_seq_length, doc_stride, max_query_length)
+    tokenization.check_special_tokens(
+        tokenizer.vocab, tokenizer.vocab_file, tokenization.TASK_SPECIAL_TOKENS
+    )
     cls_id, sep_id = tokenizer.vocab["[CLS]"], tokenizer.vocab["[SEP]"]
     docs = _TokenisedDocs(examples, tokenizer)
     queries = tokenizer.encode_batch([e.question_text for e in examples])
@@ -578,37 +580,6 @@ def load_or_build_features(
 # --------------------------------------------------------------------------------- predictions
 
 
-_ASCII_CONTROLS = dict.fromkeys([c for c in range(32) if c not in (9, 10, 13)] + [127])
-_ASCII_WORD = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
-
-
-def _is_punctuation(ch):
-    return ch in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~" or unicodedata.category(ch).startswith("P")
-
-
-def basic_tokenize(text, do_lower_case):
-    """Google's BasicTokenizer: cleaned, CJK-spaced, optionally lower-cased words, punctuation split."""
-    if text.isascii():
-        # Google deletes ASCII control characters and counts every other printable non-alphanumeric
-        # ASCII character as punctuation: words are alphanumeric runs and single punctuation marks.
-        text = text.translate(_ASCII_CONTROLS)
-        return _ASCII_WORD.findall(text.lower() if do_lower_case else text)
-    tokens = []
-    for word in tokenization._google_normalize(text, do_lower_case):
-        piece = []
-        for ch in word:
-            if _is_punctuation(ch):
-                if piece:
-                    tokens.append("".join(piece))
-                    piece = []
-                tokens.append(ch)
-            else:
-                piece.append(ch)
-        if piece:
-            tokens.append("".join(piece))
-    return tokens
-
-
 def get_final_text(pred_text, orig_text, do_lower_case, verbose=False):
     """Projects a detokenised prediction back onto the original words (Google's `get_final_text`).
 
@@ -618,7 +589,7 @@ def get_final_text(pred_text, orig_text, do_lower_case, verbose=False):
     when the alignment fails, the whole original span is returned (with `verbose`, saying why on
     stderr, as Google's verbose_logging).
     """
-    tok_text = " ".join(basic_tokenize(orig_text, do_lower_case))
+    tok_text = " ".join(tokenization.basic_tokenize(orig_text, do_lower_case))
     start = tok_text.find(pred_text)
     end = start + len(pred_text) - 1
     if not pred_text or start == -1 or tok_text[start] == " " or tok_text[end] == " ":

@@ -1,16 +1,23 @@
-"""Google BERT's tokenizer API (`FullTokenizer`) in Python and NumPy, exact and fast on large corpora.
+"""Google BERT's `tokenization` module API, exact, with a fast `FullTokenizer` for large corpora.
+
+A drop-in for google-research/bert's `tokenization.py`: `FullTokenizer`, `BasicTokenizer`,
+`WordpieceTokenizer`, `load_vocab`, `convert_by_vocab` / `convert_tokens_to_ids` / `convert_ids_to_tokens`,
+`convert_to_unicode`, `printable_text`, `whitespace_tokenize`, `_is_whitespace` / `_is_control` /
+`_is_punctuation` and `validate_case_matches_checkpoint`, with Google's semantics. Like Google's,
+`FullTokenizer` accepts any vocab; tools that insert special tokens call `check_special_tokens`.
 
 The output equals Google's BasicTokenizer + WordPiece token for token: text cleaning (control characters
 dropped, whitespace normalised), spaces around CJK ideographs, lower-casing with accent stripping when
 `do_lower_case`, splitting on punctuation, then greedy longest-match-first WordPiece with `##` continuations
-and words over 100 characters mapped to [UNK]. Text is split on whitespace once (`str.split`, which agrees
-with Google's rule once the control characters it would split on are deleted) and each distinct
-whitespace-delimited piece is tokenised once and cached (Zipf's law: a corpus has few distinct pieces).
-Pure-ASCII pieces take a regex path; other pieces take Google's per-character steps. Expanding the cached
+and words over 200 characters mapped to [UNK]. `FullTokenizer` splits text on whitespace once (`str.split`,
+which agrees with Google's rule once the control characters it would split on are deleted) and tokenises
+each distinct whitespace-delimited piece once, caching it (Zipf's law: a corpus has few distinct pieces).
+Pure-ASCII text takes a regex path; other text takes Google's per-character steps. Expanding the cached
 pieces of a whole batch of texts to ids is vectorised. `tests/test_tokenization.py` proves equality against
-an independent plain-Python implementation on real text.
+an independent plain-Python implementation on real text and checks the cases of Google's own tests.
 """
 
+import functools
 import itertools
 import os
 import re
@@ -21,19 +28,79 @@ import numpy as np
 from common.errors import UserError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-MAX_INPUT_CHARS_PER_WORD = 100
+# What the fine-tuning and feature tools need: [UNK] for unknown words, [CLS] and [SEP] to frame inputs.
+TASK_SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]")
+# Google's WordpieceTokenizer default, which its FullTokenizer uses (Hugging Face's BertTokenizer uses 100).
+MAX_INPUT_CHARS_PER_WORD = 200
 
 # Pure-ASCII text (most of an English corpus) takes a faster exact path: Google's cleaning deletes the ASCII
 # control characters other than tab/newline/CR, and every printable non-alphanumeric ASCII character is
 # punctuation in its definition, so words are runs of letters/digits and single punctuation marks.
-_ASCII_WORD_OR_NUL = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]|\x00")  # NUL: a separator
+_ASCII_WORD = r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]"
+_ASCII_WORDS = re.compile(_ASCII_WORD)
+_ASCII_WORD_OR_NUL = re.compile(_ASCII_WORD + r"|\x00")  # NUL: a separator
 # Control characters that Python's str.split() treats as whitespace (or that would hide the separator)
 # while Google deletes them; deleted before splitting. Other control characters are deleted per piece.
+# With NUL and DEL, these are all the ASCII characters Google's cleaning deletes.
 _SPLIT_CONTROLS = dict.fromkeys([c for c in range(32) if c not in (9, 10, 13)] + [127, 0x85])
 _SPLIT_CONTROL_CHAR = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\x7f\x85]")  # and NUL: counted
 # Joins texts: a piece of its own that no text contains (NULs are deleted).
 _SEPARATOR = " \x00 "
 _CACHE_LIMIT = 1_000_000
+
+# Google's published checkpoints, by casing (`validate_case_matches_checkpoint`).
+_UNCASED_CHECKPOINTS = (
+    "uncased_L-24_H-1024_A-16",
+    "uncased_L-12_H-768_A-12",
+    "multilingual_L-12_H-768_A-12",
+    "chinese_L-12_H-768_A-12",
+)
+_CASED_CHECKPOINTS = (
+    "cased_L-12_H-768_A-12",
+    "cased_L-24_H-1024_A-16",
+    "multi_cased_L-12_H-768_A-12",
+)
+_CHECKPOINT_DIR = re.compile(r"([A-Za-z0-9_-]+)/bert_model\.ckpt")
+
+
+def validate_case_matches_checkpoint(do_lower_case, init_checkpoint):
+    """Raises ValueError when `do_lower_case` contradicts a Google checkpoint named in the path.
+
+    Only the directory right before `bert_model.ckpt` is looked at, and only Google's published model
+    names are known (e.g. `uncased_L-12_H-768_A-12` needs lower-casing, `cased_L-12_H-768_A-12` must not
+    have it); any other path, or an empty one, passes.
+    """
+    if not init_checkpoint:
+        return
+    found = _CHECKPOINT_DIR.search(init_checkpoint)
+    if found is None:
+        return
+    name = found.group(1)
+    if name in _UNCASED_CHECKPOINTS and not do_lower_case:
+        wanted, kind = True, "an uncased (lower-cased)"
+    elif name in _CASED_CHECKPOINTS and do_lower_case:
+        wanted, kind = False, "a cased"
+    else:
+        return
+    raise ValueError(
+        f"--do_lower_case={not wanted} does not match --init_checkpoint={init_checkpoint}: "
+        f"{name} is {kind} model; pass --do_lower_case={wanted} so fine-tuning sees text cased as in "
+        "pretraining"
+    )
+
+
+def convert_to_unicode(text):
+    """`text` as str: str unchanged, bytes decoded as UTF-8 (invalid bytes dropped); else ValueError."""
+    if isinstance(text, str):
+        return text
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "ignore")
+    raise ValueError(f"Unsupported string type: {type(text)}")
+
+
+def printable_text(text):
+    """`text` as a str fit for printing or logging (on Python 3 the same as `convert_to_unicode`)."""
+    return convert_to_unicode(text)
 
 
 def load_vocab(vocab_file):
@@ -54,8 +121,31 @@ def load_vocab(vocab_file):
     return vocab
 
 
-def check_special_tokens(vocab, vocab_file):
-    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+def convert_by_vocab(vocab, items):
+    """`[vocab[item] for item in items]`: tokens to ids or ids to tokens (KeyError if one is missing)."""
+    return [vocab[item] for item in items]
+
+
+def convert_tokens_to_ids(vocab, tokens):
+    return convert_by_vocab(vocab, tokens)
+
+
+def convert_ids_to_tokens(inv_vocab, ids):
+    return convert_by_vocab(inv_vocab, ids)
+
+
+def whitespace_tokenize(text):
+    """Splits `text` on whitespace (Python's definition), without empty strings."""
+    return text.split()
+
+
+def check_special_tokens(vocab, vocab_file, tokens=SPECIAL_TOKENS):
+    """Raises a one-line UserError naming the `tokens` missing from `vocab` (read from `vocab_file`).
+
+    `FullTokenizer` accepts any vocab, as Google's does; a tool that inserts or relies on special tokens
+    ([CLS] [SEP] [MASK], [UNK] for unknown words, ...) calls this with the ones it needs.
+    """
+    missing = [t for t in tokens if t not in vocab]
     if missing:
         raise UserError(
             f"vocab {vocab_file} lacks the special token(s) {' '.join(missing)}; "
@@ -90,12 +180,22 @@ def check_casing(vocab, do_lower_case, vocab_file):
         )
 
 
-def _is_google_control(ch):
-    return ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cf")
+def _is_control(char):
+    """Google's control character: Unicode Cc or Cf, except tab, newline and CR (whitespace there)."""
+    return char not in "\t\n\r" and unicodedata.category(char) in ("Cc", "Cf")
 
 
-def _is_google_whitespace(ch):
-    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
+def _is_whitespace(char):
+    """Google's whitespace: space, tab, newline, CR and the Unicode space separators (Zs)."""
+    return char in " \t\n\r" or unicodedata.category(char) == "Zs"
+
+
+def _is_punctuation(char):
+    """Google's punctuation: every non-alphanumeric printable ASCII character, and Unicode P*."""
+    cp = ord(char)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(char).startswith("P")
 
 
 def _google_normalize(text, do_lower_case):
@@ -103,9 +203,9 @@ def _google_normalize(text, do_lower_case):
     chars = []
     for ch in text:
         cp = ord(ch)
-        if cp == 0 or cp == 0xFFFD or _is_google_control(ch):
+        if cp == 0 or cp == 0xFFFD or _is_control(ch):
             continue
-        if _is_google_whitespace(ch):
+        if _is_whitespace(ch):
             chars.append(" ")
         elif _is_cjk(cp):
             chars.extend((" ", ch, " "))
@@ -141,14 +241,7 @@ def _split_on_punctuation(word):
     """Google's punctuation split: each punctuation character becomes a word of its own."""
     out, start = [], 0
     for i, ch in enumerate(word):
-        cp = ord(ch)
-        if (
-            33 <= cp <= 47
-            or 58 <= cp <= 64
-            or 91 <= cp <= 96
-            or 123 <= cp <= 126
-            or unicodedata.category(ch).startswith("P")
-        ):
+        if _is_punctuation(ch):
             if start < i:
                 out.append(word[start:i])
             out.append(ch)
@@ -158,11 +251,93 @@ def _split_on_punctuation(word):
     return out
 
 
-def _basic_words(text, do_lower_case):
-    """Google's BasicTokenizer on one text (the slow, general path): list of words."""
+def basic_tokenize(text, do_lower_case):
+    """Google's BasicTokenizer on one str: its list of words (the one basic tokenizer of the project).
+
+    Pure-ASCII text takes an exact regex path (see `_ASCII_WORD`); other text Google's steps.
+    """
+    if text.isascii():
+        text = text.translate(_SPLIT_CONTROLS)
+        return _ASCII_WORDS.findall(text.lower() if do_lower_case else text)
     return [
         w for word in _google_normalize(text, do_lower_case) for w in _split_on_punctuation(word)
     ]
+
+
+def _greedy_pieces(word, whole, continuations, longest, max_chars, unknown):
+    """Google's greedy longest-match-first WordPiece of one word.
+
+    Args:
+      word: str, one basic-tokenised word.
+      whole: {vocab token: value} for the first piece; continuations: {token without "##": value}.
+      longest: no vocab token is longer (bounds the search); max_chars: longer words are `unknown`.
+
+    Returns:
+      list of the pieces' values, or [unknown] when some part of the word matches no vocab token.
+    """
+    if len(word) > max_chars:
+        return [unknown]
+    found = whole.get(word)
+    if found is not None:
+        return [found]
+    out, start, table = [], 0, whole
+    while start < len(word):
+        end = min(len(word), start + longest)
+        while end > start:
+            found = table.get(word[start:end])
+            if found is not None:
+                break
+            end -= 1
+        else:
+            return [unknown]
+        out.append(found)
+        start = end
+        table = continuations
+    return out
+
+
+class BasicTokenizer:
+    """Google's `BasicTokenizer`: cleaning, CJK spacing, optional lower-casing, punctuation split."""
+
+    def __init__(self, do_lower_case=True):
+        self.do_lower_case = do_lower_case
+
+    def tokenize(self, text):
+        """The words (list of str) of `text` (str or UTF-8 bytes)."""
+        return basic_tokenize(convert_to_unicode(text), self.do_lower_case)
+
+
+class WordpieceTokenizer:
+    """Google's `WordpieceTokenizer`: greedy longest-match-first WordPiece on whitespace-split text.
+
+    Args:
+      vocab: the {token: id} vocab (any collection of tokens works).
+      unk_token: what a word with no WordPiece split, or a word over `max_input_chars_per_word`
+        characters, becomes.
+    """
+
+    def __init__(self, vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD):
+        self.vocab = vocab
+        self.unk_token = unk_token
+        self.max_input_chars_per_word = max_input_chars_per_word
+        self._whole = {t: t for t in vocab}
+        self._continuations = {t[2:]: t for t in vocab if t.startswith("##")}
+        self._longest = max(map(len, vocab), default=0)
+
+    def tokenize(self, text):
+        """The WordPiece tokens (list of str) of `text`, already basic-tokenised words."""
+        return [
+            piece
+            for word in whitespace_tokenize(convert_to_unicode(text))
+            for piece in _greedy_pieces(
+                word,
+                self._whole,
+                self._continuations,
+                self._longest,
+                self.max_input_chars_per_word,
+                self.unk_token,
+            )
+        ]
 
 
 class _Rows(dict):
@@ -237,18 +412,19 @@ class _IdTable:
 class FullTokenizer:
     """Google's `FullTokenizer(vocab_file, do_lower_case)`: BasicTokenizer then WordPiece.
 
+    Any vocab is accepted, as in Google's; a tool that needs special tokens checks them with
+    `check_special_tokens`. Words without a split become [UNK] (the first vocab token if the vocab
+    has no [UNK]).
+
     Args:
       vocab_file: path of a WordPiece vocab, one token per line; id = line number.
       do_lower_case: lower-case and strip accents (uncased models).
-      check_specials: require [PAD] [UNK] [CLS] [SEP] [MASK] in the vocab.
     """
 
-    def __init__(self, vocab_file, do_lower_case=True, check_specials=True):
+    def __init__(self, vocab_file, do_lower_case=True):
         self.vocab_file = vocab_file
         self.do_lower_case = do_lower_case
         self.vocab = load_vocab(vocab_file)
-        if check_specials:
-            check_special_tokens(self.vocab, vocab_file)
         self.inv_vocab = dict(zip(self.vocab.values(), self.vocab))
         self._unk = "[UNK]" if "[UNK]" in self.vocab else next(iter(self.vocab))
         self.unk_id = self.vocab[self._unk]
@@ -262,29 +438,26 @@ class FullTokenizer:
     def vocab_size(self):
         return len(self.inv_vocab)
 
+    @functools.cached_property
+    def basic_tokenizer(self):
+        """Google's attribute: the BasicTokenizer step alone."""
+        return BasicTokenizer(self.do_lower_case)
+
+    @functools.cached_property
+    def wordpiece_tokenizer(self):
+        """Google's attribute: the WordPiece step alone (strings; `tokenize` does not use it)."""
+        return WordpieceTokenizer(self.vocab, self._unk, MAX_INPUT_CHARS_PER_WORD)
+
     def _word_pieces(self, word):
         """Greedy longest-match-first WordPiece ids of one basic-tokenised word."""
-        if len(word) > MAX_INPUT_CHARS_PER_WORD:
-            return [self.unk_id]
-        pieces = self.vocab
-        whole = pieces.get(word)
-        if whole is not None:
-            return [whole]
-        ids, start, longest = [], 0, self._longest
-        while start < len(word):
-            # No vocab entry is longer than the longest one: each search starts there.
-            end = min(len(word), start + longest)
-            while end > start:
-                found = pieces.get(word[start:end])
-                if found is not None:
-                    break
-                end -= 1
-            else:
-                return [self.unk_id]
-            ids.append(found)
-            start = end
-            pieces = self._continuations
-        return ids
+        return _greedy_pieces(
+            word,
+            self.vocab,
+            self._continuations,
+            self._longest,
+            MAX_INPUT_CHARS_PER_WORD,
+            self.unk_id,
+        )
 
     def encode_flat(self, texts):
         """All texts' token ids back to back, and each text's token count.
@@ -329,7 +502,7 @@ class FullTokenizer:
         for i, piece in enumerate(other):
             if i or ascii_pieces:
                 words.append("\x00")
-            words += _basic_words(piece, lower)
+            words += basic_tokenize(piece, lower)
         ids, counts = np.zeros(0, np.int32), np.zeros(0, np.int64)
         if words or other:
             ids, counts = self._words.expand(self._words.rows(words, self._encode_new_words))
@@ -346,7 +519,7 @@ class FullTokenizer:
 
         Whole-word vocab hits are looked up in one C-level pass; the other words go through
         Hugging Face `tokenizers`' WordPiece model (Rust, the same greedy longest-match-first
-        algorithm with Google's 100-character limit) in one batch.
+        algorithm, here with Google's 200-character limit) in one batch.
         """
         if self._longest > MAX_INPUT_CHARS_PER_WORD:  # a vocab entry that is too long to match
             return list(map(self._word_pieces, words))
@@ -382,8 +555,8 @@ class FullTokenizer:
         return [chunk.tolist() for chunk in np.split(ids, np.cumsum(counts)[:-1])] if texts else []
 
     def tokenize(self, text):
-        """Returns the WordPiece tokens (strings) of `text`."""
-        return self.convert_ids_to_tokens(self._encode_many([text])[0])
+        """Returns the WordPiece tokens (strings) of `text` (str or UTF-8 bytes)."""
+        return self.convert_ids_to_tokens(self._encode_many([convert_to_unicode(text)])[0])
 
     def tokenize_batch(self, texts):
         """Token strings for each of `texts`, computed in one batch."""
@@ -394,7 +567,7 @@ class FullTokenizer:
         return self._encode_many(texts)
 
     def convert_tokens_to_ids(self, tokens):
-        return [self.vocab[t] for t in tokens]
+        return convert_by_vocab(self.vocab, tokens)
 
     def convert_ids_to_tokens(self, ids):
-        return [self.inv_vocab[i] for i in ids]
+        return convert_by_vocab(self.inv_vocab, ids)

@@ -158,12 +158,13 @@ def build_parser(options, script_name, description="", require_config=True):
     None leaves --config out altogether.
     """
     config = {True: " --config FILE.json", False: " [--config FILE.json]", None: ""}
+    precedence = "flag > default" if require_config is None else "flag > config > default"
     parser = _Parser(
         prog=script_name,
         description=description,
         usage=f"{script_name} [--help]{config[require_config]} [--option VALUE ...]",
         epilog="Booleans: --flag, --flag true|false, --no-flag. Lists and dicts: JSON text. "
-        "Precedence: flag > config > default.",
+        f"Precedence: {precedence}.",
         allow_abbrev=False,
         argument_default=argparse.SUPPRESS,
     )

@@ -91,7 +91,7 @@ class ReferenceTokenizer:
                 out.append("".join(current))
         return [w for w in " ".join(out).strip().split()]
 
-    def wordpiece(self, word, max_chars=100):
+    def wordpiece(self, word, max_chars=200):
         if len(word) > max_chars:
             return ["[UNK]"]
         pieces = []

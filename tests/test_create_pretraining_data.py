@@ -486,7 +486,17 @@ def test_tokenizer_matches_reference_on_random_unicode():
     ]
     pool += ["\u200b", "\u00ad", "\x00", "\x01", "\x0b", "\x1c", "\x7f", "\x85", "\x9f", "\u2028"]
     pool += ["\u2029", "\u00a0", "\u3000", "\t", "\n", "\r", "\ufffd", "漢", "の", "😀", "\ue000"]
-    pool += ["\U000e0080", "\u0378", "«", "—", "…", "½", "Ⅻ", "ǅ", "x" * 101]
+    pool += [
+        "\U000e0080",
+        "\u0378",
+        "«",
+        "—",
+        "…",
+        "½",
+        "Ⅻ",
+        "ǅ",
+        "x" * 201,
+    ]  # over the 200-character limit
     rng = np.random.default_rng(2)
     texts = ["".join(rng.choice(pool, int(rng.integers(0, 20)))) for _ in range(3000)]
     texts += ["ñabΣ\ufffdΑΣ9\x9f"]  # Google lower-cases after deleting U+009F: a medial sigma
@@ -558,3 +568,40 @@ def test_interrupt_with_workers_leaves_nothing_behind(tmp_path, small_vocab, mon
     with pytest.raises(cpd.UserError, match="interrupted"):
         cpd.run(_parallel_argv(tmp_path, small_vocab))
     assert list(tmp_path.iterdir()) == [] and multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize(
+    "google, reference",
+    [
+        (  # Google's README command, with the sample corpus and a small vocab
+            "--do_lower_case=True --max_seq_length=128 --max_predictions_per_seq=20 "
+            "--masked_lm_prob=0.15 --random_seed=12345 --dupe_factor=5",
+            "--do-lower-case --sequence-length 128 --mask-tokens 20 --mlm-prob 0.15 --seed 12345 "
+            "--duplication-factor 5",
+        ),
+        (
+            "--do_lower_case=False --max_seq_length=64 --max_predictions_per_seq=9 "
+            "--short_seq_prob=0.3 --do_whole_word_mask=True --random_seed=7 --dupe_factor=2",
+            "--sequence-length 64 --mask-tokens 9 --short-seq-prob 0.3 --whole-word-masking "
+            "--seed 7 --duplication-factor 2",
+        ),
+    ],
+)
+def test_google_flag_spellings_write_the_same_bytes(tmp_path, small_vocab, google, reference):
+    outputs = []
+    for style, flags in (("google", google), ("reference", reference)):
+        out = str(tmp_path / f"{style}.tfrecord")
+        if style == "google":
+            io = [f"--input_file={SAMPLE}", f"--output_file={out}", f"--vocab_file={small_vocab}"]
+        else:
+            io = ["--input-file", SAMPLE, "--output-file", out, "--vocab-file", small_vocab]
+        result = run_cli(*io, *flags.split())
+        assert result.returncode == 0, result.stderr
+        outputs.append(_read_bytes(out))
+    assert outputs[0] == outputs[1] and len(outputs[0]) > 1000
+
+
+def test_missing_required_flags_is_one_line_error(tmp_path):
+    result = run_cli("--input_file", SAMPLE)
+    assert result.returncode != 0
+    assert result.stderr.strip() == "error: missing --output-file, --vocab-file (see --help)"

@@ -409,7 +409,7 @@ def test_basic_tokenize_matches_reference(dev_data, tiny_vocab):
     for lower in (True, False):
         ref = ReferenceTokenizer(tiny_vocab, do_lower_case=lower)
         for text in contexts:
-            assert squad.basic_tokenize(text, lower) == ref.basic_tokenize(text), text
+            assert tokenization.basic_tokenize(text, lower) == ref.basic_tokenize(text), text
 
 
 def test_get_final_text(tiny_vocab):
