@@ -11,10 +11,6 @@ evaluation use the same loss functions. (The name is not `tasks/`: GPT-2's refer
 evaluation scripts there.)
 """
 
-import interop
-import training
-
-
 def initialise(cfg, trainer, path, allow_fresh=(), source=None):
     """Load `path` (any checkpoint format) into the trainer's model and optimizer, before the loop.
 
@@ -22,6 +18,8 @@ def initialise(cfg, trainer, path, allow_fresh=(), source=None):
     optimizer slots are loaded where the checkpoint has them, unless
     restore_optimiser_from_checkpoint is false. Returns the lines to log.
     """
+    import interop
+
     model_params = trainer.model.params
     variables = dict(model_params)
     if cfg.checkpoint.restore_optimiser_from_checkpoint:
@@ -56,6 +54,8 @@ def fit(cfg, strategy, model, loss_fn, dataset, **kwargs):
     Returns:
       training.TrainResult.
     """
+    import training  # TensorFlow: not at import time, so that --help stays fast
+
     init = kwargs.pop("init", None)
     trainer = training.Trainer(
         cfg,

@@ -147,7 +147,9 @@ def tokenizer(cfg):
     from bert_data import tokenization
 
     tok = tokenization.FullTokenizer(cfg.data.vocab_file, cfg.data.do_lower_case)
-    tokenization.check_special_tokens(tok.vocab, cfg.data.vocab_file)
+    tokenization.check_special_tokens(
+        tok.vocab, cfg.data.vocab_file, tokenization.TASK_SPECIAL_TOKENS
+    )
     tokenization.check_casing(tok.vocab, cfg.data.do_lower_case, cfg.data.vocab_file)
     return tok
 
