@@ -101,7 +101,8 @@ def worker_ours(args):
     config = modeling.BertConfig(**options.bert_config_from_options(opts))
     dataset = pretraining.generated_dataset(opts, opts["seed"], config.vocab_size)
     with strategy.scope():
-        model = modeling.BertModel(config, seed=opts["seed"])
+        # The trainer compiles its step with jit_compile=opts["xla"]; the model must know.
+        model = modeling.BertModel(config, seed=opts["seed"], xla=bool(opts["xla"]))
     trainer = training.Trainer(
         opts,
         strategy,
