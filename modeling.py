@@ -421,13 +421,7 @@ def _pooler(params, cls):
 
 
 def bert_encoder(
-    params,
-    config,
-    features,
-    training=False,
-    dropout_seed=None,
-    compute_dtype=tf.float32,
-    xla=False,
+    params, config, features, training=False, dropout_seed=None, compute_dtype=tf.float32, xla=False
 ):
     """Embeddings, encoder layers and pooler.
 
@@ -452,13 +446,7 @@ def bert_encoder(
 
 
 def bert_pooled_output(
-    params,
-    config,
-    features,
-    training=False,
-    dropout_seed=None,
-    compute_dtype=tf.float32,
-    xla=False,
+    params, config, features, training=False, dropout_seed=None, compute_dtype=tf.float32, xla=False
 ):
     """The pooled output alone (sentence classification): the last encoder layer is evaluated
     at the [CLS] row only (keys and values still span the sequence), which gives the same values
