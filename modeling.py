@@ -53,7 +53,7 @@ class BertModel(tf.Module):
         products and one einsum; else oneDNN's grouped conv and split matmuls; see
         `modeling_groupbert.grouped_conv1d`). Either choice computes the same function; the
         wrong one is only slower (XLA's CPU grouped-conv gradient is very slow). BERT's own
-        layers do not depend on it. Default False.
+        layers do not depend on it. Default False; `__call__` can override it per call.
 
     Attributes:
       config, heads (tuple), xla: as given.
@@ -78,8 +78,13 @@ class BertModel(tf.Module):
         """Names of the trainable variables, in creation order (the key bias is not trainable)."""
         return [name for name, var in self.params.items() if var.trainable]
 
-    def __call__(self, features, training=False, dropout_seed=None, compute_dtype=tf.float32):
+    def __call__(
+        self, features, training=False, dropout_seed=None, compute_dtype=tf.float32, xla=None
+    ):
         """Encoder plus this model's heads: see `bert_encoder` and `pretraining_heads`.
+
+        `xla` overrides the model's `xla` for this call (None: the model's), for a model run
+        both by an XLA-compiled step and by a plain tf.function (e.g. an evaluator).
 
         The heads read only the masked slots and [CLS], so the last encoder layer is evaluated
         for those rows only (keys and values still span the sequence) and gives the same values.
@@ -92,7 +97,13 @@ class BertModel(tf.Module):
         """
         c = self.config
         _, last_layer = _encode(
-            self.params, c, features, training, dropout_seed, compute_dtype, self.xla
+            self.params,
+            c,
+            features,
+            training,
+            dropout_seed,
+            compute_dtype,
+            self.xla if xla is None else xla,
         )
         sequence_output = last_layer()
         if not self.heads:
