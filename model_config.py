@@ -16,8 +16,8 @@ import dataclasses
 from common.errors import UserError
 from common.fileio import atomic_write_json, read_json
 
-# Names accepted by `hidden_act` (modeling.ACTIVATIONS maps each to its function). "gelu" is the tanh
-# form, as in Google BERT and the reference app; Hugging Face's "gelu" is our "gelu_erf".
+# Names accepted by `hidden_act` (modeling_ops.ACTIVATIONS maps each to its function). "gelu" is
+# the tanh form, as in Google BERT and the reference app; Hugging Face's "gelu" is our "gelu_erf".
 ACTIVATION_NAMES = ("gelu", "gelu_new", "gelu_erf", "gelu_exact", "relu", "swish", "silu", "tanh")
 
 

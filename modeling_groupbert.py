@@ -49,6 +49,11 @@ static-mask (remask) one.
 Speed (CPU, measured): outside XLA the grouped convolution is oneDNN's grouped conv1d and the
 grouped projection is G matmuls on column splits; inside an XLA-compiled step (whose grouped
 convolution gradient is very slow on CPU) they are k shifted grouped products and one einsum.
+The caller says which: `xla` (`modeling.BertModel(..., xla=)`) is the jit_compile of the
+function that runs the model.
+
+Built from `modeling_ops`' primitives; `modeling` imports this module (never the reverse) and
+supplies the embeddings, pooler and heads.
 """
 
 import functools
@@ -57,14 +62,13 @@ import os
 import zlib
 
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util  # no public API tells an XLA context
 
-import modeling
+import modeling_ops as ops
 from common.errors import UserError
 
 FINAL_NORM = "LayerNorm"
 MODULES = ("convolution", "feed_forward_1", "attention", "feed_forward_2")  # in layer order
-# Dropout salt uses of each layer (modeling._layer_salt): 0 attention probabilities (as BERT),
+# Dropout salt uses of each layer (modeling_ops.layer_salt): 0 attention probabilities (as BERT),
 # then one per residual module; BERT's own uses are 0-2.
 _RESIDUAL_SALT = {"convolution": 3, "feed_forward_1": 4, "attention": 5, "feed_forward_2": 6}
 
@@ -96,7 +100,7 @@ def check_config(config):
 
 def _glorot_uniform(name, seed):
     """Initializer(shape): Glorot-uniform with TF's fans for a conv kernel [k, in, out]; values
-    depend only on (seed, name), like `modeling.add_variable`'s normal initializer."""
+    depend only on (seed, name), like `modeling_ops.add_variable`'s normal initializer."""
 
     def init(shape):
         receptive = math.prod(shape[:-2])
@@ -111,14 +115,14 @@ def _glorot_uniform(name, seed):
 def _add_feed_forward(params, config, scope, seed):
     c, h, i = config, config.hidden_size, config.intermediate_size
     groups = c.groupbert_ffn_output_groups
-    modeling._add_layer_norm(params, f"{scope}/prenorm/LayerNorm", h)
-    modeling._add_dense(params, f"{scope}/intermediate/dense", h, i, c, seed)
+    ops.add_layer_norm(params, f"{scope}/prenorm/LayerNorm", h)
+    ops.add_dense(params, f"{scope}/intermediate/dense", h, i, c.initializer_range, seed)
     for name, shape in (("kernel", [i // groups, h]), ("bias", [h])):
-        modeling.add_variable(
+        ops.add_variable(
             params, f"{scope}/output/dense/{name}", shape, stddev=c.initializer_range, seed=seed
         )
     if groups > 1:
-        modeling._add_dense(params, f"{scope}/output/mixer/dense", h, h, c, seed)
+        ops.add_dense(params, f"{scope}/output/mixer/dense", h, h, c.initializer_range, seed)
 
 
 def create_groupbert_params(params, config, seed):
@@ -136,26 +140,22 @@ def create_groupbert_params(params, config, seed):
     for i in range(c.num_hidden_layers):
         layer = f"bert/encoder/layer_{i}"
         conv = f"{layer}/convolution"
-        modeling._add_layer_norm(params, f"{conv}/prenorm/LayerNorm", h)
+        ops.add_layer_norm(params, f"{conv}/prenorm/LayerNorm", h)
         for part in ("values", "gates"):
-            modeling._add_dense(params, f"{conv}/pre/glu/{part}/dense", h, h, c, seed)
+            ops.add_dense(params, f"{conv}/pre/glu/{part}/dense", h, h, c.initializer_range, seed)
         name = f"{conv}/dwconv/weight"
         shape = [c.groupbert_conv_kernel_size, c.groupbert_conv_group_size, h]
-        modeling.add_variable(params, name, shape, _glorot_uniform(name, seed))
-        modeling._add_layer_norm(params, f"{conv}/dwconv/LayerNorm", h)
-        modeling._add_dense(params, f"{conv}/post/dense", h, h, c, seed)
+        ops.add_variable(params, name, shape, _glorot_uniform(name, seed))
+        ops.add_layer_norm(params, f"{conv}/dwconv/LayerNorm", h)
+        ops.add_dense(params, f"{conv}/post/dense", h, h, c.initializer_range, seed)
         _add_feed_forward(params, c, f"{layer}/feed_forward_1", seed)
-        modeling._add_layer_norm(params, f"{layer}/attention/prenorm/LayerNorm", h)
-        modeling._add_attention(params, c, layer, seed)
+        ops.add_layer_norm(params, f"{layer}/attention/prenorm/LayerNorm", h)
+        ops.add_attention(params, c, layer, seed)
         _add_feed_forward(params, c, f"{layer}/feed_forward_2", seed)
-    modeling._add_layer_norm(params, FINAL_NORM, h)
+    ops.add_layer_norm(params, FINAL_NORM, h)
 
 
 # ----------------------------------------------------------------------------- grouped ops
-
-
-def _in_xla_context():
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _onednn_enabled():
@@ -163,7 +163,7 @@ def _onednn_enabled():
     return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false")
 
 
-def grouped_conv1d(x, weight, input_mask=None, method="auto"):
+def grouped_conv1d(x, weight, input_mask=None, method="auto", xla=False):
     """Grouped 1-D convolution along the sequence, SAME padding, stride 1, no bias.
 
     y[b, s, o] = sum_t sum_i x[b, s + t - (k-1)//2, (o // g) * g + i] * weight[t, i, o], with
@@ -175,8 +175,9 @@ def grouped_conv1d(x, weight, input_mask=None, method="auto"):
       input_mask: optional int or float [B,S]; slots with 0 are zeroed before the convolution.
       method: "conv" (tf.nn.conv1d: oneDNN's grouped kernel, fastest outside XLA; float16 is
         computed in float32), "shifted" (k shifted grouped products: fast inside XLA, whose
-        grouped-conv gradient is slow on CPU), or "auto": conv outside XLA for float32,
+        grouped-conv gradient is slow on CPU), or "auto": conv when not `xla` for float32,
         bfloat16 and float16 (TF has CPU gradients for these only in oneDNN), else shifted.
+      xla: Python bool, whether the calling function is XLA-compiled (used by "auto" only).
     Returns:
       [B,S,H] in x's dtype.
     """
@@ -185,7 +186,7 @@ def grouped_conv1d(x, weight, input_mask=None, method="auto"):
     if method == "auto":
         # TF's grouped-conv gradients on CPU exist only in oneDNN's float32/bfloat16 kernels.
         conv_ok = x.dtype in (tf.float32, tf.bfloat16, tf.float16) and _onednn_enabled()
-        method = "conv" if conv_ok and not _in_xla_context() else "shifted"
+        method = "conv" if conv_ok and not xla else "shifted"
     if method == "conv":
         if x.dtype == tf.float16:  # float16 computed in float32 (no float16 filter gradient)
             y = tf.nn.conv1d(tf.cast(x, tf.float32), tf.cast(weight, tf.float32), 1, "SAME")
@@ -194,7 +195,7 @@ def grouped_conv1d(x, weight, input_mask=None, method="auto"):
     if method != "shifted":
         raise ValueError(f"unknown grouped_conv1d method {method!r}")
     k, g, hidden = weight.shape
-    seq_length = modeling._dim(x, 1)
+    seq_length = ops.dim(x, 1)
     before = (k - 1) // 2  # TF's SAME: the extra slot of an even kernel goes after
     padded = tf.pad(x, [[0, 0], [before, k - 1 - before], [0, 0]])  # [B,S+k-1,H]
     padded = tf.reshape(padded, [-1, seq_length + k - 1, hidden // g, g])  # [B,S+k-1,H/g,g]
@@ -208,18 +209,19 @@ def grouped_conv1d(x, weight, input_mask=None, method="auto"):
     return tf.reshape(y, [-1, seq_length, hidden])  # [B,S,H]
 
 
-def grouped_projection(x, kernel, groups, method="auto"):
+def grouped_projection(x, kernel, groups, method="auto", xla=False):
     """Block-diagonal matmul: block c of the output is block c of the input times its kernel.
 
     Args:
       x: [N, I] float; kernel [I/G, H] (G = groups); same dtype.
       method: "split" (G matmuls on column splits, fastest outside XLA), "einsum" (one batched
-        contraction, fastest inside XLA), or "auto".
+        contraction, fastest inside XLA), or "auto": einsum when `xla`, else split.
+      xla: Python bool, whether the calling function is XLA-compiled (used by "auto" only).
     Returns:
       [N, H]: y[:, c*H/G + j] = sum_i x[:, c*I/G + i] * kernel[i, c*H/G + j].
     """
     if method == "auto":
-        method = "einsum" if _in_xla_context() else "split"
+        method = "einsum" if xla else "split"
     if method == "split":
         blocks = zip(tf.split(x, groups, axis=1), tf.split(kernel, groups, axis=1))
         return tf.concat([tf.matmul(a, b) for a, b in blocks], axis=1)
@@ -236,25 +238,25 @@ def grouped_projection(x, kernel, groups, method="auto"):
 
 def _kernel_glu(y):
     """values * sigmoid(gates) of y = [values | gates] ([N, 2H]) in float32, cast to y's dtype."""
-    values, gates = tf.split(tf.cast(y, modeling._float_dtype(y.dtype)), 2, axis=-1)
+    values, gates = tf.split(tf.cast(y, ops.float_dtype(y.dtype)), 2, axis=-1)
     return tf.cast(values * tf.sigmoid(gates), y.dtype)
 
 
 def _kernel_norm_swish(x, gamma, beta, *, epsilon):
     """swish(LayerNorm(x)) computed in gamma's dtype, cast to x's dtype."""
-    y = modeling._layer_norm_math(tf.cast(x, gamma.dtype), gamma, beta, epsilon)
+    y = ops.layer_norm_math(tf.cast(x, gamma.dtype), gamma, beta, epsilon)
     return tf.cast(tf.nn.silu(y), x.dtype)
 
 
 def _kernel_residual(x, a, keys, *, rate):
     """x + dropout(a) in x's (float) dtype."""
     a = tf.cast(a, x.dtype)
-    return x + a * modeling._keep_mask(modeling._iota(a.shape.as_list()), keys, rate, x.dtype)
+    return x + a * ops.keep_mask(ops.iota(a.shape.as_list()), keys, rate, x.dtype)
 
 
-_fused_glu = modeling._xla_kernel(_kernel_glu)
-_fused_norm_swish = modeling._xla_kernel(_kernel_norm_swish)
-_fused_residual = modeling._xla_kernel(_kernel_residual)
+_fused_glu = ops.xla_kernel(_kernel_glu)
+_fused_norm_swish = ops.xla_kernel(_kernel_norm_swish)
+_fused_residual = ops.xla_kernel(_kernel_residual)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -262,60 +264,60 @@ _fused_residual = modeling._xla_kernel(_kernel_residual)
 
 def _prenorm(params, config, scope, x, compute_dtype):
     """LayerNorm of the float residual stream x [N,H], returned in the compute dtype."""
-    gamma, beta = modeling._norm_params(params, f"{scope}/prenorm/LayerNorm", x.dtype)
-    return modeling._fused_norm(
+    gamma, beta = ops.norm_params(params, f"{scope}/prenorm/LayerNorm", x.dtype)
+    return ops.fused_norm(
         [x, gamma, beta], epsilon=config.layer_norm_eps, rate=0.0, dtype=compute_dtype
     )
 
 
-def _convolution(params, config, scope, h, input_mask, seq_length):
+def _convolution(params, config, scope, h, input_mask, seq_length, xla):
     """h [B*S,H] (compute dtype) -> [B*S,H]."""
     dtype, hidden = h.dtype, config.hidden_size
     glu = f"{scope}/pre/glu"
-    kernel = tf.concat([modeling._weight(params, f"{glu}/{p}/dense/kernel", dtype)
+    kernel = tf.concat([ops.weight(params, f"{glu}/{p}/dense/kernel", dtype)
                         for p in ("values", "gates")], axis=1)  # fmt: skip
-    bias = tf.concat([modeling._weight(params, f"{glu}/{p}/dense/bias", dtype)
+    bias = tf.concat([ops.weight(params, f"{glu}/{p}/dense/bias", dtype)
                       for p in ("values", "gates")], axis=0)  # fmt: skip
     y = _fused_glu([tf.nn.bias_add(tf.matmul(h, kernel), bias)])  # [B*S,H]
     y = tf.reshape(y, [-1, seq_length, hidden])  # [B,S,H]
-    weight = modeling._weight(params, f"{scope}/dwconv/weight", dtype)
-    y = tf.reshape(grouped_conv1d(y, weight, input_mask), [-1, hidden])  # [B*S,H]
-    acc = modeling._float_dtype(dtype)
-    gamma, beta = modeling._norm_params(params, f"{scope}/dwconv/LayerNorm", acc)
+    weight = ops.weight(params, f"{scope}/dwconv/weight", dtype)
+    y = tf.reshape(grouped_conv1d(y, weight, input_mask, xla=xla), [-1, hidden])  # [B*S,H]
+    acc = ops.float_dtype(dtype)
+    gamma, beta = ops.norm_params(params, f"{scope}/dwconv/LayerNorm", acc)
     y = _fused_norm_swish([y, gamma, beta], epsilon=config.layer_norm_eps)
-    return modeling._dense(params, f"{scope}/post/dense", y)
+    return ops.dense(params, f"{scope}/post/dense", y)
 
 
-def _feed_forward(params, config, scope, h):
+def _feed_forward(params, config, scope, h, xla):
     """h [B*S,H] (compute dtype) -> [B*S,H]."""
-    y = modeling._dense(params, f"{scope}/intermediate/dense", h)  # [B*S,I]
-    y = modeling._fused_activation([y], name=config.hidden_act)
-    kernel = modeling._weight(params, f"{scope}/output/dense/kernel", h.dtype)
-    y = grouped_projection(y, kernel, config.groupbert_ffn_output_groups)  # [B*S,H]
-    y = tf.nn.bias_add(y, modeling._weight(params, f"{scope}/output/dense/bias", h.dtype))
+    y = ops.dense(params, f"{scope}/intermediate/dense", h)  # [B*S,I]
+    y = ops.fused_activation([y], name=config.hidden_act)
+    kernel = ops.weight(params, f"{scope}/output/dense/kernel", h.dtype)
+    y = grouped_projection(y, kernel, config.groupbert_ffn_output_groups, xla=xla)  # [B*S,H]
+    y = tf.nn.bias_add(y, ops.weight(params, f"{scope}/output/dense/bias", h.dtype))
     if config.groupbert_ffn_output_groups > 1:
-        y = modeling._dense(params, f"{scope}/output/mixer/dense", y)
+        y = ops.dense(params, f"{scope}/output/mixer/dense", y)
     return y
 
 
 def _attention(params, config, layer, h, mask, seq_length, keys):
     """h [B*S,H] (compute dtype) -> [B*S,H]: BERT's self-attention and projection."""
     hidden, heads = config.hidden_size, config.num_attention_heads
-    query, key, value = modeling._split_heads(
-        modeling._qkv_projection(params, config, layer, h, modeling._QKV), seq_length, 3, heads
+    query, key, value = ops.split_heads(
+        ops.qkv_projection(params, config, layer, h, ops.QKV), seq_length, 3, heads
     )  # [B,N,S,d] each
     scores = tf.matmul(query, key, transpose_b=True)  # [B,N,S,S]
-    probs = modeling._fused_attention_probs(
+    probs = ops.fused_attention_probs(
         [scores],
         [mask, keys],
         scale=1.0 / math.sqrt(hidden // heads),
         rate=config.attention_probs_dropout_prob,
-        acc=modeling._float_dtype(h.dtype),
+        acc=ops.float_dtype(h.dtype),
     )
     context = tf.matmul(probs, value)  # [B,N,S,d]
     context = tf.transpose(context, [0, 2, 1, 3])  # [B,S,N,d]
     context = tf.reshape(context, [-1, hidden])  # [B*S,H]
-    return modeling._dense(
+    return ops.dense(
         params,
         f"{layer}/attention/projection/dense",
         context,
@@ -333,6 +335,7 @@ def groupbert_layer(
     training=False,
     dropout_seed=None,
     compute_dtype=tf.float32,
+    xla=False,
 ):
     """One GroupBERT layer: four pre-norm residual modules (see the module docstring).
 
@@ -343,30 +346,32 @@ def groupbert_layer(
         before the convolution.
       training, dropout_seed: as `modeling.bert_encoder`.
       compute_dtype: dtype of the matmuls and the convolution.
+      xla: Python bool, whether the calling function is XLA-compiled: picks the grouped ops'
+        method (see `grouped_conv1d`).
     Returns:
       [B,S,H], x's dtype.
     """
     c, layer = config, f"bert/encoder/layer_{layer_index}"
-    seq_length, hidden = modeling._dim(x, 1), c.hidden_size
+    seq_length, hidden = ops.dim(x, 1), c.hidden_size
     rate = c.hidden_dropout_prob
     stream = tf.reshape(x, [-1, hidden])  # [B*S,H]
     for module in MODULES:
         scope = f"{layer}/{module}"
         h = _prenorm(params, c, scope, stream, compute_dtype)
         if module == "convolution":
-            y = _convolution(params, c, scope, h, input_mask, seq_length)
+            y = _convolution(params, c, scope, h, input_mask, seq_length, xla)
         elif module == "attention":
-            keys = modeling._keys_if(
+            keys = ops.keys_if(
                 c.attention_probs_dropout_prob,
                 training,
                 dropout_seed,
-                modeling._layer_salt(layer_index, 0),
+                ops.layer_salt(layer_index, 0),
             )
             y = _attention(params, c, layer, h, mask, seq_length, keys)
         else:
-            y = _feed_forward(params, c, scope, h)
-        salt = modeling._layer_salt(layer_index, _RESIDUAL_SALT[module])
-        keys = modeling._keys_if(rate, training, dropout_seed, salt)
+            y = _feed_forward(params, c, scope, h, xla)
+        salt = ops.layer_salt(layer_index, _RESIDUAL_SALT[module])
+        keys = ops.keys_if(rate, training, dropout_seed, salt)
         if keys is None:
             stream = stream + tf.cast(y, stream.dtype)
         else:
@@ -374,20 +379,22 @@ def groupbert_layer(
     return tf.reshape(stream, [-1, seq_length, hidden])  # [B,S,H]
 
 
-def encode(params, config, x, features, mask, training, dropout_seed):
-    """The GroupBERT encoder after the embeddings (called by `modeling._encode`).
+def encode(params, config, x, features, mask, training, dropout_seed, xla=False):
+    """The GroupBERT encoder after the embeddings (`modeling`'s encoder family for GroupBERT).
 
     Args:
       x: [B,S,H] embeddings in the compute dtype.
       features: the model's features; "input_mask" [B,S] is used when present.
       mask: additive attention mask [B,1,1,S] or None.
+      training, dropout_seed: as `modeling.bert_encoder`.
+      xla: as `groupbert_layer`.
     Returns:
       (input of the last layer [B,S,H], last_layer(rows=None)): last_layer returns the final
       LayerNorm's output [B,S,H] (compute dtype), or its rows `rows` (an int R: the first R
       slots; int32 [B,R]: those slots) as [B,R,H]. The full sequence is computed either way.
     """
     compute_dtype = x.dtype
-    acc = modeling._float_dtype(compute_dtype)
+    acc = ops.float_dtype(compute_dtype)
     input_mask = features.get("input_mask")
 
     def layer(i, x):
@@ -402,6 +409,7 @@ def encode(params, config, x, features, mask, training, dropout_seed):
             training=training,
             dropout_seed=dropout_seed,
             compute_dtype=compute_dtype,
+            xla=xla,
         )
         return tf.recompute_grad(layer_fn)(x) if config.recompute else layer_fn(x)
 
@@ -410,8 +418,8 @@ def encode(params, config, x, features, mask, training, dropout_seed):
         stream = layer(i, stream)
     last_input = tf.cast(stream, compute_dtype)
     stream = layer(config.num_hidden_layers - 1, stream)
-    gamma, beta = modeling._norm_params(params, FINAL_NORM, acc)
-    output = modeling._fused_norm(
+    gamma, beta = ops.norm_params(params, FINAL_NORM, acc)
+    output = ops.fused_norm(
         [stream, gamma, beta], epsilon=config.layer_norm_eps, rate=0.0, dtype=compute_dtype
     )
 
@@ -423,27 +431,6 @@ def encode(params, config, x, features, mask, training, dropout_seed):
         return tf.gather(output, rows, batch_dims=1)  # [B,R,H]
 
     return last_input, last_layer
-
-
-def groupbert_encode(
-    params, config, features, training=False, dropout_seed=None, compute_dtype=tf.float32
-):
-    """Embeddings, GroupBERT layers and the final LayerNorm.
-
-    Args:
-      params: dict {name: tf.Variable} (e.g. `modeling.BertModel(config).params`).
-      config: modeling.BertConfig with groupbert true.
-      features: input_ids, segment_ids int32 [B,S], optional input_mask [B,S].
-      training, dropout_seed, compute_dtype: as `modeling.bert_encoder`.
-    Returns:
-      [B,S,H] in compute_dtype.
-    """
-    if not config.groupbert:
-        raise ValueError("groupbert_encode needs a config with groupbert true")
-    _, last_layer = modeling._encode(
-        params, config, features, training, dropout_seed, compute_dtype
-    )
-    return last_layer()
 
 
 # ----------------------------------------------------------------------------- FLOPs

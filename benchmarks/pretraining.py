@@ -101,7 +101,9 @@ def worker_ours(args):
     config = modeling.BertConfig(**options.bert_config_from_options(opts))
     dataset = pretraining.generated_dataset(opts, opts["seed"], config.vocab_size)
     with strategy.scope():
-        model = modeling.BertModel(config, seed=opts["seed"])
+        # The trainer XLA-compiles its step when xla is on and there is one replica.
+        xla = bool(opts["xla"]) and strategy.num_replicas_in_sync == 1
+        model = modeling.BertModel(config, seed=opts["seed"], xla=xla)
     trainer = training.Trainer(
         opts,
         strategy,

@@ -71,6 +71,12 @@ def features(batch=2, seq=SEQ, seed=1):
     }
 
 
+def encode(params, config, f, training=False, dropout_seed=None, compute_dtype=tf.float32):
+    """The GroupBERT encoder's output [B,S,H] (the model's sequence output)."""
+    assert config.groupbert
+    return modeling.bert_encoder(params, config, f, training, dropout_seed, compute_dtype)[0]
+
+
 # ----------------------------------------------------------------------------- NumPy reference
 
 
@@ -292,8 +298,8 @@ def test_grouped_conv_matches_numpy_loop(method, k):
 
 
 def test_grouped_ops_under_xla_and_their_gradients_agree():
-    """The XLA path ("auto" inside jit_compile: shifted / einsum) and the oneDNN path agree in
-    value and gradient; both equal the NumPy reference."""
+    """The XLA path ("auto" with xla, inside jit_compile: shifted / einsum) and the oneDNN path
+    agree in value and gradient; both equal the NumPy reference."""
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(2, SEQ, H)), tf.float32)
     w = tf.constant(rng.normal(size=(K, GROUP, H)), tf.float32)
@@ -301,16 +307,16 @@ def test_grouped_ops_under_xla_and_their_gradients_agree():
     kernel = tf.constant(rng.normal(size=(INTER // FFN_GROUPS, H)), tf.float32)
     mask = tf.constant(features()["input_mask"])
 
-    def values_and_grads(x, w, u, kernel):
+    def values_and_grads(x, w, u, kernel, xla):
         with tf.GradientTape() as tape:
             tape.watch([x, w, u, kernel])
-            conv = gb.grouped_conv1d(x, w, mask)
-            proj = gb.grouped_projection(u, kernel, FFN_GROUPS)
+            conv = gb.grouped_conv1d(x, w, mask, xla=xla)
+            proj = gb.grouped_projection(u, kernel, FFN_GROUPS, xla=xla)
             loss = tf.reduce_sum(tf.sin(conv)) + tf.reduce_sum(tf.sin(proj))
         return [conv, proj, *tape.gradient(loss, [x, w, u, kernel])]
 
-    plain = tf.function(values_and_grads)(x, w, u, kernel)
-    xla = tf.function(values_and_grads, jit_compile=True)(x, w, u, kernel)
+    plain = tf.function(values_and_grads)(x, w, u, kernel, False)
+    xla = tf.function(values_and_grads, jit_compile=True)(x, w, u, kernel, True)
     for a, b in zip(plain, xla):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(
@@ -337,7 +343,7 @@ def test_encoder_matches_numpy_float64():
     model = modeling.BertModel(config, heads=())
     p = randomize(model.params)
     f = features()
-    got = gb.groupbert_encode(model.params, config, f, compute_dtype=tf.float64)
+    got = encode(model.params, config, f, compute_dtype=tf.float64)
     np.testing.assert_allclose(got.numpy(), np_encoder(p, config, f), rtol=1e-9, atol=1e-9)
 
 
@@ -348,10 +354,14 @@ def test_float32_paths_and_heads_match_float64():
     model = modeling.BertModel(config)
     randomize(model.params, seed=2)
     f = {**features(), "masked_lm_positions": np.array([[1, 4], [2, 3]], np.int32)}
-    ref = gb.groupbert_encode(model.params, config, f, compute_dtype=tf.float64).numpy()
+    ref = encode(model.params, config, f, compute_dtype=tf.float64).numpy()
     for jit in (False, True):
-        out = tf.function(lambda f: model(f), jit_compile=jit)(f)
-        np.testing.assert_allclose(out["sequence_output"].numpy(), ref, rtol=2e-4, atol=2e-4)
+
+        def run(f, jit=jit):
+            return modeling.bert_encoder(model.params, config, f, xla=jit)[0]
+
+        out = tf.function(run, jit_compile=jit)(f)
+        np.testing.assert_allclose(out.numpy(), ref, rtol=2e-4, atol=2e-4)
     bf16 = model(f, compute_dtype=tf.bfloat16)["sequence_output"]
     assert np.abs(tf.cast(bf16, tf.float64).numpy() - ref).max() < 0.15
     out = model(f, compute_dtype=tf.float64)
@@ -370,7 +380,7 @@ def test_gradients_match_finite_differences():
     trainable = [v for n, v in model.params.items() if v.trainable and "pooler" not in n]
 
     def loss():
-        out = gb.groupbert_encode(model.params, config, f, compute_dtype=tf.float64)
+        out = encode(model.params, config, f, compute_dtype=tf.float64)
         return tf.reduce_sum(out * weights)
 
     with tf.GradientTape() as tape:
@@ -399,9 +409,9 @@ def test_dropout_depends_on_the_seed_only():
     f = features()
 
     def run(seed):
-        return gb.groupbert_encode(model.params, config, f, True, tf.constant(seed)).numpy()
+        return encode(model.params, config, f, True, tf.constant(seed)).numpy()
 
-    eval_out = gb.groupbert_encode(model.params, config, f).numpy()
+    eval_out = encode(model.params, config, f).numpy()
     np.testing.assert_array_equal(run([1, 2]), run([1, 2]))
     assert not np.allclose(run([1, 2]), run([1, 3])) and not np.allclose(run([1, 2]), eval_out)
 
@@ -412,7 +422,7 @@ def test_recompute_gives_same_loss_and_gradients():
         config = tiny_config(num_hidden_layers=1, recompute=recompute)
         model = modeling.BertModel(config, heads=(), seed=3)
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(gb.groupbert_encode(model.params, config, features()) ** 2)
+            loss = tf.reduce_sum(encode(model.params, config, features()) ** 2)
         names = [n for n, v in model.params.items() if v.trainable and "pooler" not in n]
         grads = tape.gradient(loss, [model.params[n] for n in names])
         results.append([loss.numpy()] + [g.numpy() for g in grads])
@@ -674,7 +684,7 @@ def test_research_to_apps_to_research_round_trip_is_bitwise(tmp_path):
     model = modeling.BertModel(written)
     report = interop.load_into(str(apps_dir), model.params)
     assert sorted(report.loaded) == sorted(model.params)
-    assert np.isfinite(gb.groupbert_encode(model.params, written, features()).numpy()).all()
+    assert np.isfinite(encode(model.params, written, features()).numpy()).all()
     assert convert_ckpt.main(["apps2research", str(apps_dir),
                               "--output-dir", str(back_dir)]) == 0  # fmt: skip
     back = interop.read_tf_checkpoint(str(back_dir / "model.ckpt-5"))

@@ -17,6 +17,7 @@ import convert_ckpt
 import extract_features
 import interop
 import modeling
+import modeling_ops
 from common.errors import UserError
 
 H, HEADS, INTER, VOCAB, LAYERS, POSITIONS = 36, 3, 37, 99, 2, 16
@@ -233,8 +234,8 @@ def tiny_config(**overrides):
 def test_load_into_converts_google_on_the_fly(google_ckpt):
     prefix, original = google_ckpt
     model = modeling.BertModel(tiny_config())  # fused Q/K/V (use_qkv_split false)
-    modeling.add_variable(model.params, "cls/squad/output_weights", [2, H])
-    modeling.add_variable(model.params, "cls/squad/output_bias", [2], "zeros")
+    modeling_ops.add_variable(model.params, "cls/squad/output_weights", [2, H])
+    modeling_ops.add_variable(model.params, "cls/squad/output_bias", [2], "zeros")
     with pytest.raises(UserError, match="cls/squad/output_weights"):
         interop.load_into(prefix, model.params)
     report = interop.load_into(prefix, model.params, allow_fresh=interop.head_prefixes(["squad"]))

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import modeling
+import modeling_ops
 from common.errors import UserError
 
 B, S, P = 2, 7, 3
@@ -248,14 +249,14 @@ def test_gelu_names_pin_tanh_versus_erf():
     tanh_form, erf_form = np_gelu_tanh(x), np_gelu_erf(x)
     for name in ("gelu", "gelu_new"):  # Google / reference meaning
         np.testing.assert_allclose(
-            modeling.ACTIVATIONS[name](x).numpy(), tanh_form, rtol=1e-6, atol=1e-9
+            modeling_ops.ACTIVATIONS[name](x).numpy(), tanh_form, rtol=1e-6, atol=1e-9
         )
     for name in ("gelu_erf", "gelu_exact"):  # Hugging Face's "gelu"
         np.testing.assert_allclose(
-            modeling.ACTIVATIONS[name](x).numpy(), erf_form, rtol=1e-6, atol=1e-9
+            modeling_ops.ACTIVATIONS[name](x).numpy(), erf_form, rtol=1e-6, atol=1e-9
         )
     assert np.abs(tanh_form - erf_form).max() > 1e-4  # the forms really differ
-    np.testing.assert_allclose(modeling.ACTIVATIONS["swish"](x).numpy(), x / (1 + np.exp(-x)))
+    np.testing.assert_allclose(modeling_ops.ACTIVATIONS["swish"](x).numpy(), x / (1 + np.exp(-x)))
 
 
 # ----------------------------------------------------------------------------- variables
@@ -381,12 +382,12 @@ def test_initialisation_and_added_head():
             assert np.abs(value).max() <= 2 * 0.05 + 1e-7  # truncated at 2 stddev
             assert 0.03 < value.std() < 0.05  # truncation shrinks the stddev to ~0.88x
             assert not np.array_equal(value, c.params[name].numpy())
-    var = modeling.add_variable(a.params, "cls/squad/output_weights", [2, 36], stddev=0.02)
+    var = modeling_ops.add_variable(a.params, "cls/squad/output_weights", [2, 36], stddev=0.02)
     assert (
         var.name == "cls/squad/output_weights:0" and "cls/squad/output_weights" in a.trainable_names
     )
     with pytest.raises(ValueError):
-        modeling.add_variable(a.params, "cls/squad/output_weights", [2, 36])
+        modeling_ops.add_variable(a.params, "cls/squad/output_weights", [2, 36])
 
 
 # ----------------------------------------------------------------------------- forward vs NumPy
