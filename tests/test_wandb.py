@@ -1,7 +1,6 @@
 """--wandb: an offline W&B run under the run directory holding exactly the TensorBoard scalars."""
 
 import glob
-import json
 import os
 import pathlib
 import subprocess
@@ -9,26 +8,9 @@ import sys
 
 import numpy as np
 
-from tests.tb_events import read_events
+from tests.run_outputs import read_events, wandb_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def wandb_history(run_dir):
-    """{tag: {step: value}} from the run's .wandb transaction log, read by wandb's own reader."""
-    (sync_dir,) = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*"))
-    result = subprocess.run(
-        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", sync_dir],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    history = {}
-    for line in result.stdout.splitlines():
-        record = json.loads(line)
-        if record["type"] == "history":
-            item = record["history"]["item"]
-            for tag, value in item.items():
-                history.setdefault(tag, {})[item["_step"]] = value
-    return history
 
 
 def test_offline_wandb_run_holds_the_tensorboard_scalars(tmp_path):
