@@ -24,15 +24,12 @@ class Run:
         flat resolved settings recorded in the W&B run."""
         self.dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
+        # W&B first: if it refuses to start, nothing is left open.
+        self.wandb = start_wandb(run_dir, wandb_project, wandb_name, config) if wandb else None
         self.log_file = open(os.path.join(run_dir, "log.txt"), "a", buffering=1)  # noqa: SIM115
         self.writer = tf.summary.create_file_writer(os.path.join(run_dir, EVENT_DIR))
-        self.wandb = None
-        if wandb:
-            self.wandb = start_wandb(run_dir, wandb_project, wandb_name, config)
-            if self.wandb.settings.mode in ("offline", "dryrun"):
-                self.log(
-                    f"W&B offline run: upload it with wandb sync {self.wandb.settings.sync_dir}"
-                )
+        if self.wandb is not None and self.wandb.settings.mode in ("offline", "dryrun"):
+            self.log(f"W&B offline run: upload it with wandb sync {self.wandb.settings.sync_dir}")
 
     def log(self, line):
         print(line, flush=True)

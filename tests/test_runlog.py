@@ -61,3 +61,13 @@ def test_histograms_mirrored_to_offline_wandb(tmp_path, monkeypatch):
     assert sum(history["gradients/w.values"][5]) == 5
     assert history["L2/weights/b"] == {5: 7.0}
     assert history["loss/total"] == {2: 1.5, 5: 1.25}  # a histogram step merges with its scalars
+
+
+def test_online_without_credentials_is_a_user_error_not_a_prompt(tmp_path, monkeypatch):
+    for name in ("HOME", "NETRC", "WANDB_CONFIG_DIR"):  # no ~/.netrc or W&B settings with a key
+        monkeypatch.setenv(name, str(tmp_path / "home"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with pytest.raises(runlog.UserError, match="WANDB_MODE=online needs W&B credentials"):
+        runlog.Run(str(tmp_path / "run"), wandb=True)
+    assert not (tmp_path / "run" / "log.txt").exists()
