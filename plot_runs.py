@@ -33,6 +33,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="plot_runs.py",
         description=__doc__.split("\n\n")[0],
+        epilog="Give the run directories before --tags and --labels (those take several values).",
         allow_abbrev=False,
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
