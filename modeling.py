@@ -34,7 +34,6 @@ import tensorflow as tf
 import modeling_groupbert
 import modeling_ops as ops
 from model_config import BertConfig  # noqa: F401 (BertConfig: modeling.BertConfig)
-from modeling_ops import ACTIVATIONS, add_variable, dropout  # noqa: F401 (task code uses these)
 
 ATTENTION_MASK_VALUE = -1000.0  # reference value; representable in bf16 and fp16
 MLM_WEIGHT_EPSILON = 1e-5  # MLM loss denominator: sum(weights) + this

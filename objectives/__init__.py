@@ -11,6 +11,7 @@ evaluation use the same loss functions. (The name is not `tasks/`: GPT-2's refer
 evaluation scripts there.)
 """
 
+
 def initialise(cfg, trainer, path, allow_fresh=(), source=None):
     """Load `path` (any checkpoint format) into the trainer's model and optimizer, before the loop.
 

@@ -161,19 +161,21 @@ def build_model(cfg, config, head, num_outputs, seed, strategy):
       head: "squad" (start/end logits: [2,H] weights) or "classifier" ([num_outputs,H]).
     """
     import modeling
+    import modeling_ops
 
+    xla = bool(cfg.loop.xla) and strategy.num_replicas_in_sync == 1  # as the loop compiles
     with strategy.scope():
-        model = modeling.BertModel(config, heads=(), seed=seed)
+        model = modeling.BertModel(config, heads=(), seed=seed, xla=xla)
         weights, bias = HEAD_VARIABLES[head]
         size = 2 if head == "squad" else num_outputs
-        modeling.add_variable(
+        modeling_ops.add_variable(
             model.params,
             weights,
             [size, config.hidden_size],
             stddev=config.initializer_range,
             seed=seed,
         )
-        modeling.add_variable(model.params, bias, [size], "zeros")
+        modeling_ops.add_variable(model.params, bias, [size], "zeros")
     return model
 
 
@@ -233,8 +235,12 @@ def flops_per_sample(config, seq_length):
 # ----------------------------------------------------------------------------- model functions
 
 
-def head_outputs(model, features, training, dropout_seed, compute_dtype, head, dropout=0.0):
+def head_outputs(
+    model, features, training, dropout_seed, compute_dtype, head, dropout=0.0, xla=None
+):
     """Task logits from the encoder.
+
+    `xla` says whether the calling function is XLA-compiled (default: the model's setting).
 
     Returns:
       squad: (start_logits, end_logits), float32 [B,S] each.
@@ -243,20 +249,22 @@ def head_outputs(model, features, training, dropout_seed, compute_dtype, head, d
     import tensorflow as tf
 
     import modeling
+    import modeling_ops
 
+    xla = model.xla if xla is None else xla
     weights, bias = (model.params[n] for n in HEAD_VARIABLES[head])
     if head == "squad":
         x, _ = modeling.bert_encoder(
-            model.params, model.config, features, training, dropout_seed, compute_dtype
+            model.params, model.config, features, training, dropout_seed, compute_dtype, xla=xla
         )  # [B,S,H]
         logits = tf.einsum("bsh,kh->bks", x, tf.cast(weights, x.dtype))  # [B,2,S]
         logits = tf.cast(logits, tf.float32) + bias[tf.newaxis, :, tf.newaxis]
         return logits[:, 0], logits[:, 1]
     pooled = modeling.bert_pooled_output(
-        model.params, model.config, features, training, dropout_seed, compute_dtype
+        model.params, model.config, features, training, dropout_seed, compute_dtype, xla=xla
     )  # [B,H]
     if training and dropout > 0:
-        pooled = modeling.dropout(pooled, dropout, True, dropout_seed, salt=_SALT_CLASSIFIER)
+        pooled = modeling_ops.dropout(pooled, dropout, True, dropout_seed, salt=_SALT_CLASSIFIER)
     logits = tf.matmul(pooled, tf.cast(weights, pooled.dtype), transpose_b=True)  # [B,C]
     return tf.cast(logits, tf.float32) + bias
 
@@ -273,7 +281,8 @@ def predict(cfg, model, arrays, fn, names):
 
     Args:
       arrays: {feature name: np.ndarray [N,...]} (model inputs).
-      fn: traced (model, features) -> tuple of float32 tensors [B,...].
+      fn: traced (model, features, xla) -> tuple of float32 tensors [B,...]; xla says whether
+        the function is XLA-compiled (it is when the run's xla option is on).
       names: names of fn's outputs.
     Returns:
       {name: np.ndarray [N,...]}.
@@ -284,7 +293,8 @@ def predict(cfg, model, arrays, fn, names):
     batch = cfg.loop.micro_batch_size
     padded = -(-n // batch) * batch
     inputs = {k: np.concatenate([v, np.repeat(v[-1:], padded - n, 0)]) for k, v in arrays.items()}
-    step = tf.function(lambda f: fn(model, f), jit_compile=bool(cfg.loop.xla))
+    xla = bool(cfg.loop.xla)
+    step = tf.function(lambda f: fn(model, f, xla), jit_compile=xla)
     outs = {name: [] for name in names}
     from tqdm import tqdm
 

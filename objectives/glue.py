@@ -186,8 +186,11 @@ class GlueTask:
     def predictions(self, cfg, model, arrays):
         dtype = finetuning.compute_dtype(cfg)
 
-        def logits_fn(model, features):
-            return (finetuning.head_outputs(model, features, False, None, dtype, "classifier"),)
+        def logits_fn(model, features, xla):
+            logits = finetuning.head_outputs(
+                model, features, False, None, dtype, "classifier", xla=xla
+            )
+            return (logits,)
 
         inputs = {k: arrays[k] for k in FEATURES}
         logits = finetuning.predict(cfg, model, inputs, logits_fn, ["logits"])["logits"]

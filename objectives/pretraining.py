@@ -41,32 +41,39 @@ def pretraining_loss(outputs, features, compute_acc=True, sums=False):
     import tensorflow as tf
 
     result, total = {}, []
+    nan = float("nan")
     if "mlm_logits" in outputs:
         logits = outputs["mlm_logits"]
         labels = tf.cast(features["masked_lm_ids"], tf.int32)
         weights = tf.cast(features["masked_lm_weights"], logits.dtype)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)  # [B,P]
         weight_sum = tf.reduce_sum(weights)
-        ce_sum = tf.reduce_sum(weights * ce)
-        result["mlm_loss"] = ce_sum / (weight_sum + MLM_WEIGHT_EPSILON)
-        hits = nan = tf.constant(float("nan"), logits.dtype)
-        if compute_acc or sums:
-            match = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
-            hits = tf.reduce_sum(weights * tf.cast(match, logits.dtype))
-        result["mlm_acc"] = tf.math.divide_no_nan(hits, weight_sum) if compute_acc else nan
+        result["mlm_loss"] = tf.reduce_sum(weights * ce) / (weight_sum + MLM_WEIGHT_EPSILON)
+        match = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), logits.dtype)
+        if compute_acc:
+            result["mlm_acc"] = tf.math.divide_no_nan(tf.reduce_sum(weights * match), weight_sum)
+        else:
+            result["mlm_acc"] = tf.constant(nan, logits.dtype)
         if sums:
-            result.update(mlm_ce_sum=ce_sum, mlm_weight_sum=weight_sum, mlm_hit_sum=hits)
+            result.update(
+                mlm_ce_sum=tf.reduce_sum(weights * ce),
+                mlm_weight_sum=weight_sum,
+                mlm_hit_sum=tf.reduce_sum(weights * match),
+            )
         total.append(result["mlm_loss"])
     if "nsp_logits" in outputs:
         logits = outputs["nsp_logits"]
         labels = tf.reshape(tf.cast(features["next_sentence_labels"], tf.int32), [-1])  # [B]
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
         result["nsp_loss"] = tf.reduce_mean(ce)
-        match = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), ce.dtype)
-        nan = tf.constant(float("nan"), ce.dtype)
-        result["nsp_acc"] = tf.reduce_mean(match) if compute_acc else nan
+        match = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
+        if compute_acc:
+            result["nsp_acc"] = tf.reduce_mean(tf.cast(match, logits.dtype))
+        else:
+            result["nsp_acc"] = tf.constant(nan, logits.dtype)
         if sums:
-            result.update(nsp_ce_sum=tf.reduce_sum(ce), nsp_hit_sum=tf.reduce_sum(match))
+            hits = tf.reduce_sum(tf.cast(match, logits.dtype))
+            result.update(nsp_ce_sum=tf.reduce_sum(ce), nsp_hit_sum=hits)
         total.append(result["nsp_loss"])
     if sums:
         batch = tf.shape(features["masked_lm_ids"])[0]
@@ -196,11 +203,17 @@ class PretrainingTask:
     def build_model(self, strategy):
         import modeling
 
+        # The model's grouped ops (GroupBERT) pick their method by whether the step is compiled.
+        xla = bool(self.cfg.loop.xla) and strategy.num_replicas_in_sync == 1  # as the loop does
         with strategy.scope():
-            return modeling.BertModel(self.config, heads=self.heads, seed=self.cfg.loop.seed)
+            return modeling.BertModel(
+                self.config, heads=self.heads, seed=self.cfg.loop.seed, xla=xla
+            )
 
-    def loss(self, model, features, training, dropout_seed, compute_dtype):
-        outputs = model(features, training, dropout_seed, compute_dtype)
+    def loss(self, model, features, training, dropout_seed, compute_dtype, xla=None):
+        """The training loss (and, when not training, the sums evaluation accumulates); `xla`
+        overrides the model's setting for a caller that is not XLA-compiled."""
+        outputs = model(features, training, dropout_seed, compute_dtype, xla=xla)
         compute_acc = not (training and self.cfg.model.disable_acc)
         return pretraining_loss(outputs, features, compute_acc=compute_acc, sums=not training)
 
@@ -243,7 +256,7 @@ class PretrainingTask:
 
         @tf.function
         def batch_sums(features):
-            out = self.loss(model, features, False, None, dtype)
+            out = self.loss(model, features, False, None, dtype, xla=False)  # not XLA-compiled
             return {k: tf.cast(out[k], tf.float64) for k in SUMS if k in out}
 
         def data():

@@ -146,8 +146,8 @@ class SquadTask:
         """{unique_id: (start_logits [S], end_logits [S])} for every prediction feature."""
         dtype = finetuning.compute_dtype(self.cfg)
 
-        def fn(model, batch):
-            return finetuning.head_outputs(model, batch, False, None, dtype, "squad")
+        def fn(model, batch, xla):
+            return finetuning.head_outputs(model, batch, False, None, dtype, "squad", xla=xla)
 
         features = self.eval_features
         arrays = {name: getattr(features, name) for name in INPUTS}

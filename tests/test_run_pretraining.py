@@ -1,6 +1,7 @@
 """run_pretraining.py and the shared loop: CLI contract, resume = uninterrupted, SIGTERM, NaN, checkpoints."""
 
 import glob
+import json
 import os
 import re
 import signal
@@ -256,9 +257,29 @@ def test_two_replicas_equal_gradient_accumulation(tmp_path):
         np.testing.assert_allclose(wa[name], wb[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_fp16_uses_dynamic_loss_scaling(tmp_path):
-    result = cli(*small_run_args(tmp_path, "--generated-data", "--num-train-steps", "3",
-                                 "--precision", "16"))  # fmt: skip
+@pytest.mark.parametrize("scale", [None, "512"])
+def test_fp16_dynamic_loss_scaling_starts_at_loss_scaling(tmp_path, scale):
+    """Dynamic scaling starts at loss_scaling when it is set, else at 2^15."""
+    with open(TINY) as f:
+        settings = {k: v for k, v in json.load(f).items() if k != "loss_scaling"}
+    config = tmp_path / "no_loss_scaling.json"
+    config.write_text(json.dumps(settings))
+    config = str(config)
+    args = small_run_args(
+        tmp_path, "--generated-data", "--num-train-steps", "3", "--precision", "16"
+    )
+    args[args.index(TINY)] = config
+    if scale:
+        args += ["--loss-scaling", scale]
+    result = cli(*args)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("step: ")]
-    assert len(lines) == 3 and all("loss_scale: 32768, skipped_steps: 0" in line for line in lines)
+    want = f"loss_scale: {scale or 32768}, skipped_steps: 0"
+    assert len(lines) == 3 and all(want in line for line in lines), lines
+
+
+def test_loss_scaling_by_step_with_dynamic_scaling_is_an_error(tmp_path):
+    result = cli(*small_run_args(tmp_path, "--generated-data", "--precision", "16",
+                                 "--loss-scaling-by-step", '{"0": 128, "10": 256}'))  # fmt: skip
+    assert result.returncode == 64
+    assert "loss_scaling_by_step" in result.stderr and "dynamic_loss_scaling" in result.stderr
