@@ -252,16 +252,7 @@ def _find_vocab(args, source):
         if not os.path.isfile(args.vocab_file):
             raise UserError(f"vocab file not found: {args.vocab_file}")
         return args.vocab_file
-    directory = source.path if source.format == "hf" else os.path.dirname(source.path)
-    candidate = os.path.join(directory, "vocab.txt")
-    if os.path.isfile(candidate):
-        return candidate
-    arguments = os.path.join(directory, "arguments.json")
-    if os.path.isfile(arguments):
-        path = read_json(arguments, "run arguments").get("vocab_file")
-        if path and os.path.isfile(path):
-            return path
-    return None
+    return source.vocab_file  # found by the checkpoint resolver (interop.read_checkpoint)
 
 
 def _copy_vocab(vocab_file, output_dir, size, notes):
@@ -287,12 +278,8 @@ def _copy_vocab(vocab_file, output_dir, size, notes):
 def _copy_tokenizer(source, output_dir, notes):
     """RoBERTa: copies tokenizer.json (+ vocab.json, merges.txt) from beside the source or from the
     run's tokenizer_file; returns the copied tokenizer.json path or None."""
-    directory = source.path if source.format == "hf" else os.path.dirname(source.path)
-    path = os.path.join(directory, "tokenizer.json")
-    arguments = os.path.join(directory, "arguments.json")
-    if not os.path.isfile(path) and os.path.isfile(arguments):
-        path = read_json(arguments, "run arguments").get("tokenizer_file") or path
-    if not os.path.isfile(path):
+    path = source.tokenizer_file  # found by the checkpoint resolver (interop.read_checkpoint)
+    if path is None:
         notes.append("no tokenizer.json found beside the source or in its arguments.json")
         return None
     for name in ("tokenizer.json", "vocab.json", "merges.txt"):

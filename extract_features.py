@@ -147,11 +147,9 @@ def _layer_indices(text, num_layers):
 def _find_vocab(args, source):
     if args.vocab_file:
         return args.vocab_file
-    directory = source.path if source.format == "hf" else os.path.dirname(source.path)
-    path = os.path.join(directory, "vocab.txt")
-    if not os.path.isfile(path):
+    if source.vocab_file is None:  # the checkpoint resolver looked beside it and in arguments.json
         raise UserError(f"no vocab.txt beside {source.path}: pass --vocab-file")
-    return path
+    return source.vocab_file
 
 
 def _rounded(values):

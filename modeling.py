@@ -3,7 +3,7 @@
 The model is a dict `params {name: tf.Variable}` whose keys are the TF1 checkpoint names
 (`bert/encoder/layer_0/attention/self/query/kernel`, ...), built by `BertModel`, and a few pure
 functions that read it: `embeddings`, `attention_mask`, `encoder_layer`, `bert_encoder`,
-`pretraining_heads` and `pretraining_loss`. No Keras layers: Keras 3 keeps only leaf names. The
+`pretraining_heads` (the losses are the task layer's: `objectives.pretraining`). No Keras layers: Keras 3 keeps only leaf names. The
 primitives (variables, dense, LayerNorm, dropout, fused kernels, attention) are `modeling_ops`'s.
 
 Semantics follow the reference app (Graphcore's TF1 BERT): post-LN encoder, LayerNorm epsilon 1e-3,
@@ -36,7 +36,6 @@ import modeling_ops as ops
 from model_config import BertConfig  # noqa: F401 (BertConfig: modeling.BertConfig)
 
 ATTENTION_MASK_VALUE = -1000.0  # reference value; representable in bf16 and fp16
-MLM_WEIGHT_EPSILON = 1e-5  # MLM loss denominator: sum(weights) + this
 
 
 class BertModel(tf.Module):
@@ -520,44 +519,6 @@ def pretraining_heads(
     if "nsp" in heads:
         outputs["nsp_logits"] = _nsp_logits(params, pooled_output)
     return outputs
-
-
-def pretraining_loss(outputs, features):
-    """Reference losses and accuracies from `pretraining_heads` outputs.
-
-    mlm_loss = sum(w * CE) / (sum(w) + 1e-5) over the micro-batch; nsp_loss = mean CE;
-    mlm_acc = sum(w * [argmax == label]) / sum(w) (0 when sum(w) is 0); nsp_acc = mean match;
-    loss = mlm_loss + nsp_loss.
-
-    Args:
-      outputs: dict with "mlm_logits" [B,P,V] and/or "nsp_logits" [B,2].
-      features: masked_lm_ids int32 [B,P], masked_lm_weights float [B,P], next_sentence_labels
-        int32 [B,1] or [B].
-    Returns:
-      dict of float32 scalars (float64 for float64 logits): "loss" plus "mlm_loss", "mlm_acc" and/or "nsp_loss", "nsp_acc" for the
-      heads present.
-    """
-    result, total = {}, []
-    if "mlm_logits" in outputs:
-        logits = outputs["mlm_logits"]
-        labels = tf.cast(features["masked_lm_ids"], tf.int32)
-        weights = tf.cast(features["masked_lm_weights"], logits.dtype)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)  # [B,P]
-        weight_sum = tf.reduce_sum(weights)
-        result["mlm_loss"] = tf.reduce_sum(weights * ce) / (weight_sum + MLM_WEIGHT_EPSILON)
-        match = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), logits.dtype)
-        result["mlm_acc"] = tf.math.divide_no_nan(tf.reduce_sum(weights * match), weight_sum)
-        total.append(result["mlm_loss"])
-    if "nsp_logits" in outputs:
-        logits = outputs["nsp_logits"]
-        labels = tf.reshape(tf.cast(features["next_sentence_labels"], tf.int32), [-1])  # [B]
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        result["nsp_loss"] = tf.reduce_mean(ce)
-        match = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
-        result["nsp_acc"] = tf.reduce_mean(tf.cast(match, logits.dtype))
-        total.append(result["nsp_loss"])
-    result["loss"] = tf.add_n(total)
-    return result
 
 
 def pretraining_flops_per_sequence(config, seq_length, num_masked):

@@ -357,6 +357,10 @@ class RunConfig:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         atomic_write_json(path, data)
 
+    def __contains__(self, key):
+        """Whether `key` is an option of this run's script (its scopes)."""
+        return key in SCHEMA and bool(set(SCHEMA[key].scopes) & set(self.scopes))
+
     def __getitem__(self, key):
         """Read-only lookup of one option by key (`cfg["seed"]`); code reads the groups."""
         if key not in SCHEMA:

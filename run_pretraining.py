@@ -48,7 +48,7 @@ def main(argv=None):
         evaluate=task.evaluator(model),
     )
     if result.evaluation:
-        final = {f"eval_{k}": v for k, v in result.evaluation.items() if k != "sequences"}
+        final = {f"eval_{k}": v for k, v in result.evaluation.items()}
     else:
         final = {k: v for k, v in result.metrics.items() if k.endswith(("_loss", "_acc"))}
     if final:

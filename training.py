@@ -565,11 +565,11 @@ class _Loop:
         self.run_log.histograms(step, values)
 
     def _evaluate(self, step):
-        result = self.evaluate(step)
+        result = dict(self.evaluate(step))
+        count = result.pop("sequences", None)
         self.evaluation = result
-        self.run_log.log(
-            f"eval at step {step}: " + ", ".join(f"{k}: {v:.5f}" for k, v in result.items())
-        )
+        where = f"eval at step {step}" + (f" ({int(count)} sequences)" if count else "")
+        self.run_log.log(f"{where}: " + ", ".join(f"{k}: {v:.5f}" for k, v in result.items()))
         self.run_log.scalars(step, {f"eval/{k}": v for k, v in result.items()})
 
 

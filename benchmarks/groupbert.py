@@ -69,7 +69,7 @@ def worker(args):
     import options
 
     opts = options.parse_options(_argv(args.model, args.precision, args.xla_flag))
-    model = modeling.BertModel(modeling.BertConfig(**options.bert_config_from_options(opts)))
+    model = modeling.BertModel(modeling.BertConfig(**options.bert_config_fields(opts)))
     result["parameters"] = int(sum(v.shape.num_elements() for v in model.params.values()))
     return result
 

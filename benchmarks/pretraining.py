@@ -91,46 +91,33 @@ def worker_ours(args):
     sys.path.insert(0, ROOT)
     import modeling
     import options
-    import run_pretraining
     import training
-    from bert_data import pretraining
+    from objectives import pretraining
 
-    opts = options.parse_options(_our_argv(args.precision, args.xla_flag, args.layout))
-    strategy = training.make_strategy(opts["replicas"])
-    opts["_strategy"] = strategy
-    config = modeling.BertConfig(**options.bert_config_from_options(opts))
-    dataset = pretraining.generated_dataset(opts, opts["seed"], config.vocab_size)
-    with strategy.scope():
-        # The trainer XLA-compiles its step when xla is on and there is one replica.
-        xla = bool(opts["xla"]) and strategy.num_replicas_in_sync == 1
-        model = modeling.BertModel(config, seed=opts["seed"], xla=xla)
-    trainer = training.Trainer(
-        opts,
-        strategy,
-        model,
-        run_pretraining.pretraining_loss_fn,
-        opts["num_train_steps"],
-        tokens_fn=lambda f: run_pretraining.real_tokens(f, opts["static_mask"], MASKS),
-    )
+    cfg = options.parse_options(_our_argv(args.precision, args.xla_flag, args.layout))
+    task = pretraining.PretrainingTask(cfg)  # as run_pretraining.py builds it
+    strategy = training.make_strategy(cfg.loop.replicas)
+    model = task.build_model(strategy)
+    trainer = training.Trainer(task.cfg, strategy, model, task.loss, tokens_fn=task.tokens)
     step_fn = trainer.step_function()
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    iterator = iter(task.dataset())
     metrics = {}
 
     def run_step():
         # As the training loop: fetch an element, run the step, read every metric back.
-        out = step_fn(next(iterator))
-        metrics.update({k: float(v) for k, v in out.items()})
+        out, _ = step_fn([next(iterator)])
+        metrics.update({k: float(v[-1]) for k, v in out.items()})
 
     first, times, others = _time_steps(run_step, args.warmup, args.steps)
-    configured = options.parse_options(_our_argv(args.precision, None, args.layout))["xla"]
+    configured = options.parse_options(_our_argv(args.precision, None, args.layout)).loop.xla
     return {
-        "xla": bool(opts["xla"]),
-        "xla_is_config": bool(opts["xla"]) == bool(configured),
-        "vocab_size": config.vocab_size,
+        "xla": bool(cfg.loop.xla),
+        "xla_is_config": bool(cfg.loop.xla) == bool(configured),
+        "vocab_size": task.config.vocab_size,
         "first_step_s": first,
         "times_s": times,
         "other_cores": others,
-        "flops_per_sequence": modeling.pretraining_flops_per_sequence(config, SEQ, MASKS),
+        "flops_per_sequence": modeling.pretraining_flops_per_sequence(task.config, SEQ, MASKS),
         "peak_flops": training.measured_peak_flops(trainer.compute_dtype),
         "loss": metrics["loss"],
     }

@@ -56,7 +56,7 @@ def test_config_parses_with_reference_recipe(capsys, name):
     assert opts["global_batch_size"] == gbs
     assert opts["micro_batch_size"] * opts["gradient_accumulation_count"] * opts["replicas"] == gbs
     assert opts["replicas"] == 1
-    assert opts["tokens_per_step"] == gbs * seq
+    assert opts.loop.tokens_per_step == gbs * seq
     assert (opts["num_train_steps"], opts["base_learning_rate"], opts["warmup"]) == (
         steps,
         lr,

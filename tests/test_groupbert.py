@@ -593,7 +593,7 @@ def test_tiny_config_loss_falls_and_run_reloads(tmp_path, capsys, sample_vocab, 
     # as --init-checkpoint does, and gives the saved model's outputs.
     (run_dir,) = glob.glob(os.path.join(str(tmp_path), "pretraining_*"))
     opts = options.parse_options(["--config", config, "--vocab-file", sample_vocab])
-    model = modeling.BertModel(modeling.BertConfig(**options.bert_config_from_options(opts)))
+    model = modeling.BertModel(modeling.BertConfig(**options.bert_config_fields(opts)))
     report = interop.load_into(run_dir, model.params)
     assert sorted(report.loaded) == sorted(model.params) and not report.unexpected
     saved = tf.train.load_checkpoint(interop.resolve_tf_checkpoint(run_dir))

@@ -13,6 +13,7 @@ import tensorflow as tf
 import modeling
 import modeling_ops
 from common.errors import UserError
+from objectives.pretraining import pretraining_loss
 
 B, S, P = 2, 7, 3
 TINY = dict(
@@ -483,7 +484,7 @@ def test_losses_and_accuracies_match_numpy():
             "masked_lm_weights": weights,
             "next_sentence_labels": nsp_labels.reshape(nsp_shape),
         }
-        got = {k: v.numpy() for k, v in modeling.pretraining_loss(outputs, to_tf(f)).items()}
+        got = {k: v.numpy() for k, v in pretraining_loss(outputs, to_tf(f)).items()}
         ce = -np.take_along_axis(
             np_log_softmax(mlm_logits.astype(np.float64)), labels[..., None], -1
         )[..., 0]
@@ -506,7 +507,7 @@ def test_losses_and_accuracies_match_numpy():
 def _loss_fn(model, cfg, f, seed, dtype=tf.float64):
     seq, pooled = modeling.bert_encoder(model.params, cfg, f, True, seed, dtype)
     heads = modeling.pretraining_heads(model.params, cfg, seq, pooled, f)
-    return modeling.pretraining_loss(heads, f)["loss"]
+    return pretraining_loss(heads, f)["loss"]
 
 
 def test_gradients_match_finite_differences():
@@ -620,7 +621,7 @@ def test_reduced_precision_is_close_to_float32(dtype, tol):
         assert low[key].dtype == tf.float32
         scale = np.abs(ref[key].numpy()).max()
         assert np.abs(low[key].numpy() - ref[key].numpy()).max() <= tol * scale
-    losses = modeling.pretraining_loss(low, f)
+    losses = pretraining_loss(low, f)
     assert all(v.dtype == tf.float32 for v in losses.values())
     assert model.params["bert/pooler/dense/kernel"].dtype == tf.float32
 

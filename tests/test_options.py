@@ -144,6 +144,7 @@ def test_precedence_flag_over_config_over_default(write_config):
     )
     argv = ["--config", path, "--use-cls-layer", "--no-use-qkv-bias", "--beta1", "0.7"]
     argv += ["--pipeline-stages", json.dumps(stages), "--loss-scaling-by-step", '{"0": 2}']
+    argv += ["--precision", "32"]  # a static loss-scale schedule needs dynamic scaling off
     opts = options.parse_options(argv)
     assert opts["use_cls_layer"] is True  # bare flag beats the config's false
     assert opts["use_qkv_bias"] is False
@@ -152,7 +153,7 @@ def test_precedence_flag_over_config_over_default(write_config):
     assert opts["beta2"] == 0.999  # default
     assert opts["pipeline_stages"] == stages
     assert opts["loss_scaling_by_step"] == {"0": 2}
-    explicit = opts["_explicit"]
+    explicit = opts.explicit
     assert explicit["use_cls_layer"] == "cli" and explicit["epsilon"] == "config"
     assert "beta2" not in explicit
 
@@ -186,7 +187,7 @@ def test_boolean_flag_forms(write_config, args, expected):
 def test_enable_recomputation_spellings(write_config, args, expected):
     opts = options.parse_options(["--config", write_config(), *args])
     assert opts["enable_recomputation"] is expected
-    assert options.bert_config_from_options(opts)["recompute"] is expected
+    assert options.bert_config_fields(opts)["recompute"] is expected
 
 
 def test_ipu_only_key_warns_once_only_when_changed(capsys, write_config):
@@ -250,7 +251,7 @@ def test_gradient_accumulation_from_global_batch(write_config, gbs, mbs, replica
     opts = options.parse_options(["--config", path])
     assert opts["gradient_accumulation_count"] == ga
     assert opts["global_batch_size"] == gbs
-    assert opts["tokens_per_step"] == gbs * 7
+    assert opts.loop.tokens_per_step == gbs * 7
 
 
 def test_global_batch_from_accumulation(write_config):
@@ -323,7 +324,7 @@ def test_seed_random_when_null_and_recorded(tmp_path, write_config):
     assert len(seeds) > 1
     opts = options.parse_options(["--config", write_config({"seed": None})])
     saved = tmp_path / "run" / "arguments.json"
-    options.save_resolved(opts, saved)
+    opts.save(saved)
     assert json.loads(saved.read_text())["seed"] == opts["seed"]
     assert options.parse_options(["--config", write_config({"seed": 1234})])["seed"] == 1234
 
@@ -364,8 +365,8 @@ def test_help_exits_0_with_usage(capsys):
 
 def test_no_config_needed_when_not_required():
     opts = options.parse_options(["--seq-length", "29"], require_config=False)
-    assert opts["seq_length"] == 29 and opts["config"] is None
-    assert opts["gradient_accumulation_count"] is None and opts["tokens_per_step"] is None
+    assert opts["seq_length"] == 29 and opts.config_path is None
+    assert opts["gradient_accumulation_count"] is None and opts.loop.tokens_per_step is None
 
 
 def test_script_defaults(write_config):
@@ -384,7 +385,7 @@ def test_format_and_save_resolved_round_trip(capsys, tmp_path, write_config):
     assert "gradient_accumulation_count: 4" in lines
 
     saved = tmp_path / "out" / "arguments.json"
-    options.save_resolved(opts, saved)
+    opts.save(saved)
     assert sorted(os.listdir(saved.parent)) == ["arguments.json"]  # no temp file left
     capsys.readouterr()
     again = options.parse_options(["--config", str(saved)])
@@ -392,12 +393,12 @@ def test_format_and_save_resolved_round_trip(capsys, tmp_path, write_config):
     for key in options.SCHEMA:
         if key in opts:
             assert again[key] == opts[key], key
-    assert again["tokens_per_step"] == opts["tokens_per_step"] == 20 * 7
+    assert again.loop.tokens_per_step == opts.loop.tokens_per_step == 20 * 7
 
 
 def test_bert_config_from_options(write_config):
     opts = options.parse_options(["--config", write_config({"hidden_act": "relu"})])
-    fields = options.bert_config_from_options(opts)
+    fields = options.bert_config_fields(opts)
     assert fields["hidden_size"] == 36 and fields["num_attention_heads"] == 3
     assert fields["intermediate_size"] == 37 and fields["vocab_size"] == 99
     assert fields["hidden_act"] == "relu" and fields["layer_norm_eps"] == 1e-3

@@ -272,7 +272,9 @@ def test_dynamic_masks_depend_only_on_seed_epoch_and_index():
 
 
 def mlm_opts(**extra):
-    return dict(
+    from bert_data.pretraining import Pipeline
+
+    return Pipeline(
         seq_length=128, max_predictions_per_seq=20, micro_batch_size=4,
         gradient_accumulation_count=3, parallel_io_threads=2, **extra,
     )  # fmt: skip
@@ -335,7 +337,7 @@ def test_roberta_configs_parse_with_the_recipe(capsys, size):
     opts = options.parse_options(["--config", path])
     assert capsys.readouterr().err == ""
     assert opts["model_type"] == "roberta" and not opts["static_mask"]
-    fields = options.bert_config_from_options(opts)
+    fields = options.bert_config_fields(opts)
     assert (fields["position_offset"], fields["type_vocab_size"]) == (2, 1)
     assert (fields["layer_norm_eps"], fields["hidden_act"], fields["use_qkv_bias"]) == (
         1e-5,
@@ -382,7 +384,9 @@ def test_tiny_roberta_trains_on_sample_data(sample_mlm, tokenizer_dir, tmp_path)
     assert losses[0] == pytest.approx(np.log(600), abs=0.3)  # untrained: about uniform
     assert losses[-4:].mean() < losses[:4].mean() - 0.3
     assert re.search(
-        r"^eval \(\d+ sequences\): mlm_loss: [\d.]+, mlm_acc: [\d.]+$", result.stdout, re.M
+        r"^eval at step \d+ \(\d+ sequences\): mlm_loss: [\d.]+, mlm_acc: [\d.]+$",
+        result.stdout,
+        re.M,
     )
     config = json.loads(next(iter(tmp_path.glob("*/bert_config.json"))).read_text())
     assert config["position_offset"] == 2 and config["type_vocab_size"] == 1

@@ -1,0 +1,163 @@
+"""Options of the shared loop that now do what they say: evaluation during training, histograms,
+device_iterations, --compile-only, the profiler, disable_acc; and the typed run config."""
+
+import dataclasses
+import glob
+import os
+import re
+
+import numpy as np
+import pytest
+
+import options
+from tests.run_outputs import read_events
+from tests.test_run_pretraining import cli, run_dirs, small_run_args
+
+
+def fast_args(save_path, *extra):
+    """The tiny run of test_run_pretraining without XLA (faster to build; bitwise as well)."""
+    return small_run_args(save_path, "--xla", "false", *extra)
+
+
+def losses(run_dir, tag="loss/total"):
+    return {step: float(v) for step, v in read_events(run_dir)[tag].items()}
+
+
+def test_steps_per_eval_evaluates_during_training(tmp_path, sample_vocab, sample_records):
+    data = ["--train-file", sample_records["remask"], "--eval-file", sample_records["remask"]]
+    result = cli(*fast_args(tmp_path, *data, "--vocab-file", sample_vocab,
+                            "--num-train-steps", "4", "--steps-per-eval", "2"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    evals = re.findall(
+        r"^eval at step (\d+) \(\d+ sequences\): mlm_loss: ([\d.]+), mlm_acc", result.stdout, re.M
+    )
+    assert [int(step) for step, _ in evals] == [1, 3]
+    assert result.stdout.rstrip().splitlines()[-1].startswith("final: eval_mlm_loss:")
+    events = read_events(run_dirs(tmp_path)[0])
+    assert sorted(events["eval/mlm_loss"]) == [1, 3]
+    assert float(events["eval/mlm_loss"][3]) == pytest.approx(float(evals[1][1]), abs=1e-5)
+
+
+def test_steps_per_tensorboard_writes_histograms_and_norms(tmp_path):
+    result = cli(*fast_args(tmp_path, "--generated-data", "--num-train-steps", "3",
+                            "--steps-per-tensorboard", "2"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = read_events(run_dirs(tmp_path)[0])
+    kernel = "bert/encoder/layer_0/intermediate/dense/kernel"
+    assert sorted(events[f"weights/{kernel}"]) == [0, 2]
+    assert sorted(events[f"gradients/{kernel}"]) == [0, 2]
+    histogram = events[f"weights/{kernel}"][2]  # [buckets, (left, right, count)]
+    assert histogram.shape[1] == 3 and histogram[:, 2].sum() == 36 * 37
+    assert float(events[f"L2/gradients/{kernel}"][0]) > 0
+
+
+def test_device_iterations_same_losses_and_exact_resume(tmp_path, sample_vocab, sample_records):
+    data = ["--train-file", sample_records["remask"], "--vocab-file", sample_vocab]
+    one = cli(*fast_args(tmp_path / "one", *data, "--num-train-steps", "8"))
+    four = cli(*fast_args(tmp_path / "four", *data, "--num-train-steps", "8",
+                          "--device-iterations", "4"))  # fmt: skip
+    assert one.returncode == 0 and four.returncode == 0, (one.stderr + four.stderr)[-2000:]
+    assert "device_iterations 4" in four.stdout
+    steps = [int(s) for s in re.findall(r"^step: (\d+),", four.stdout, re.M)]
+    assert steps == [3, 7]  # one line per compiled call that reaches a log step
+    base, fused = losses(run_dirs(tmp_path / "one")[0]), losses(run_dirs(tmp_path / "four")[0])
+    assert sorted(fused) == list(range(8))
+    np.testing.assert_allclose([fused[s] for s in range(8)], [base[s] for s in range(8)], rtol=1e-6)
+    # Resume: 4 steps, then --restore-dir to 8, equals the uninterrupted device_iterations 4 run.
+    half = cli(*fast_args(tmp_path / "half", *data, "--num-train-steps", "4",
+                          "--device-iterations", "4"))  # fmt: skip
+    assert half.returncode == 0, half.stderr[-2000:]
+    (half_dir,) = run_dirs(tmp_path / "half")
+    rest = cli(*fast_args(tmp_path / "half", *data, "--num-train-steps", "8",
+                          "--device-iterations", "4", "--restore-dir", half_dir))  # fmt: skip
+    assert rest.returncode == 0, rest.stderr[-2000:]
+    assert "resumed from" in rest.stdout
+    resumed = losses(half_dir)
+    assert [resumed[s] for s in range(4, 8)] == [fused[s] for s in range(4, 8)]
+
+
+def test_compile_only_compiles_and_reports(tmp_path):
+    result = cli(*small_run_args(tmp_path, "--generated-data", "--compile-only"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    seconds = re.search(r"^Compile time: ([\d.]+) s \(compiled with XLA", result.stdout, re.M)
+    assert seconds and float(seconds.group(1)) > 0
+    memory = re.search(r"^memory estimate: weights ([\d.,]+) MiB", result.stdout, re.M)
+    assert memory and float(memory.group(1).replace(",", "")) > 0
+    assert not os.listdir(tmp_path)
+
+
+def test_execution_profile_writes_a_trace(tmp_path):
+    result = cli(*fast_args(tmp_path, "--generated-data", "--num-train-steps", "3",
+                            "--execution-profile", "--profile-start-step", "1",
+                            "--profile-steps", "1"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = run_dirs(tmp_path)
+    traces = glob.glob(os.path.join(run_dir, "event", "plugins", "profile", "*", "*.xplane.pb"))
+    assert traces and os.path.getsize(traces[0]) > 0
+
+
+def test_disable_acc_reports_nan_accuracies(tmp_path):
+    result = cli(*fast_args(tmp_path, "--generated-data", "--num-train-steps", "2",
+                            "--disable-acc"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("step: ")]
+    assert lines and all("mlm_acc: nan %" in line and "nsp_acc: nan %" in line for line in lines)
+    assert "mlm_loss: nan" not in result.stdout
+
+
+# ----------------------------------------------------------------------------- typed config
+
+
+def test_run_config_is_frozen_typed_and_grouped(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"micro_batch_size": 4, "global_batch_size": 32, "num_train_steps": 10}')
+    cfg = options.parse_options(["--config", str(path), "--device-iterations", "4"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.loop.num_train_steps = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.loop = None
+    # Derived once, before anything reads them: accumulation, rounded steps and periods.
+    assert cfg.loop.gradient_accumulation_count == 8 and cfg.loop.num_train_steps == 8
+    assert cfg.logging.steps_per_logs == 4 and cfg.checkpoint.steps_per_ckpts == 256
+    assert cfg.loop.tokens_per_step == 32 * 128 and cfg.loop.compute_dtype == "float16"
+    # A value learned later gives a new config with the derived values resolved again.
+    longer = cfg.updated(num_train_steps=23)
+    assert longer.loop.num_train_steps == 20 and cfg.loop.num_train_steps == 8
+    assert not any(k.startswith("_") for k in cfg.flat())  # no runtime objects in the config
+    assert {f.name for f in dataclasses.fields(cfg.optimizer)} == {
+        o.key for o in options.OPTIONS if o.concern == "optimizer"
+    }
+
+
+# ----------------------------------------------------------------------------- every option is read
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _project_sources():
+    paths = glob.glob(os.path.join(PROJECT, "*.py"))
+    for package in ("bert_data", "common", "lr_schedules", "objectives"):
+        paths += glob.glob(os.path.join(PROJECT, package, "*.py"))
+    skip = {os.path.join(PROJECT, "options.py")}  # the schema itself does not count
+    return "\n".join(open(p, encoding="utf-8").read() for p in sorted(paths) if p not in skip)
+
+
+def unread_options(option_list, source):
+    """Keys of options (not IPU-only, not marked unused) that no project code reads: neither as an
+    attribute (`cfg.loop.seed`, `config.hidden_size`) nor by its quoted name."""
+    unread = []
+    for o in option_list:
+        if o.ipu_only or o.unused:
+            continue
+        pattern = rf"\.{o.key}\b|[\"']{o.key}[\"']"
+        if not re.search(pattern, source):
+            unread.append(o.key)
+    return unread
+
+
+def test_every_option_is_read_or_marked():
+    source = _project_sources()
+    assert unread_options(options.OPTIONS, source) == []
+    # The check can fail: an option nobody reads is reported.
+    ghost = options.Option("option_nobody_reads", "int", 1, "ghost")
+    assert unread_options([ghost], source) == ["option_nobody_reads"]
