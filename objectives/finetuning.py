@@ -334,27 +334,30 @@ def train_dataset(arrays, cfg, seed):
     The order is a stateless permutation of (seed, epoch), so the iterator's position is a single
     counter: checkpoints stay small and a resumed run sees exactly the batches it would have seen.
     With `buffer_size` (GLUE) smaller than the data, examples are shuffled within consecutive
-    windows of that many, and the windows' order is shuffled too, like a shuffle buffer bounds how
-    far an example moves.
+    windows of that many and the full windows' order is shuffled too (a shorter last window stays
+    last), so, as with a shuffle buffer, that setting bounds how the data is mixed.
     """
     import tensorflow as tf
 
     n = len(next(iter(arrays.values())))
     tensors = {k: tf.constant(v) for k, v in arrays.items()}
-    window = cfg.finetune.buffer_size or n
-    windows = -(-n // window)
+    window = min(cfg.finetune.buffer_size or n, n)
+    full = n // window  # windows of `window` examples; a shorter last one stays last
 
     def example(i):
         epoch, index = i // n, i % n
         seed2 = tf.stack([tf.constant(seed % 2**31, tf.int64), epoch])
-        if window >= n:
+        if window == n:
             j = tf.random.experimental.index_shuffle(index, seed2, n - 1)
         else:
             block, offset = index // window, index % window
-            # The last window may be shorter: its examples are shuffled among themselves.
-            order = tf.random.experimental.index_shuffle(block, seed2, windows - 1)
-            size = tf.minimum(tf.constant(window, tf.int64), n - order * window)
-            offset = tf.minimum(offset, size - 1)
+            last = block >= full  # the shorter last window: shuffled within itself
+            order = tf.where(
+                last,
+                block,  # (both branches run: the shuffle gets an in-range index either way)
+                tf.random.experimental.index_shuffle(tf.minimum(block, full - 1), seed2, full - 1),
+            )
+            size = tf.where(last, tf.constant(n - full * window, tf.int64), window)
             j = order * window + tf.random.experimental.index_shuffle(offset, seed2 + 1, size - 1)
         return {k: tf.gather(v, j) for k, v in tensors.items()}
 
