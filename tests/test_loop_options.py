@@ -19,30 +19,49 @@ def fast_args(save_path, *extra):
     return small_run_args(save_path, "--xla", "false", *extra)
 
 
+def run_in_process(capsys, *args):
+    """run_pretraining.main in this process (no interpreter and TensorFlow start-up): stdout."""
+    import run_pretraining
+
+    code = run_pretraining.main(list(args))
+    out = capsys.readouterr().out
+    assert code == 0, out[-2000:]
+    return out
+
+
 def losses(run_dir, tag="loss/total"):
     return {step: float(v) for step, v in read_events(run_dir)[tag].items()}
 
 
-def test_steps_per_eval_evaluates_during_training(tmp_path, sample_vocab, sample_records):
+@pytest.fixture(scope="module")
+def featured_run(tmp_path_factory, sample_vocab, sample_records):
+    """One run with held-out evaluation, histograms, a profile and no training accuracies."""
+    save = tmp_path_factory.mktemp("featured")
     data = ["--train-file", sample_records["remask"], "--eval-file", sample_records["remask"]]
-    result = cli(*fast_args(tmp_path, *data, "--vocab-file", sample_vocab,
-                            "--num-train-steps", "4", "--steps-per-eval", "2"))  # fmt: skip
+    result = cli(*fast_args(save, *data, "--vocab-file", sample_vocab,
+                            "--num-train-steps", "4", "--steps-per-eval", "2",
+                            "--steps-per-tensorboard", "2", "--execution-profile",
+                            "--profile-start-step", "1", "--profile-steps", "1",
+                            "--disable-acc"))  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = run_dirs(save)
+    return result.stdout, run_dir
+
+
+def test_steps_per_eval_evaluates_during_training(featured_run):
+    stdout, run_dir = featured_run
     evals = re.findall(
-        r"^eval at step (\d+) \(\d+ sequences\): mlm_loss: ([\d.]+), mlm_acc", result.stdout, re.M
+        r"^eval at step (\d+) \(\d+ sequences\): mlm_loss: ([\d.]+), mlm_acc", stdout, re.M
     )
     assert [int(step) for step, _ in evals] == [1, 3]
-    assert result.stdout.rstrip().splitlines()[-1].startswith("final: eval_mlm_loss:")
-    events = read_events(run_dirs(tmp_path)[0])
+    assert stdout.rstrip().splitlines()[-1].startswith("final: eval_mlm_loss:")
+    events = read_events(run_dir)
     assert sorted(events["eval/mlm_loss"]) == [1, 3]
     assert float(events["eval/mlm_loss"][3]) == pytest.approx(float(evals[1][1]), abs=1e-5)
 
 
-def test_steps_per_tensorboard_writes_histograms_and_norms(tmp_path):
-    result = cli(*fast_args(tmp_path, "--generated-data", "--num-train-steps", "3",
-                            "--steps-per-tensorboard", "2"))  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    events = read_events(run_dirs(tmp_path)[0])
+def test_steps_per_tensorboard_writes_histograms_and_norms(featured_run):
+    events = read_events(featured_run[1])
     kernel = "bert/encoder/layer_0/intermediate/dense/kernel"
     assert sorted(events[f"weights/{kernel}"]) == [0, 2]
     assert sorted(events[f"gradients/{kernel}"]) == [0, 2]
@@ -51,27 +70,40 @@ def test_steps_per_tensorboard_writes_histograms_and_norms(tmp_path):
     assert float(events[f"L2/gradients/{kernel}"][0]) > 0
 
 
-def test_device_iterations_same_losses_and_exact_resume(tmp_path, sample_vocab, sample_records):
+def test_execution_profile_writes_a_trace(featured_run):
+    pattern = os.path.join(featured_run[1], "event", "plugins", "profile", "*", "*.xplane.pb")
+    traces = glob.glob(pattern)
+    assert traces and os.path.getsize(traces[0]) > 0
+
+
+def test_disable_acc_reports_nan_accuracies(featured_run):
+    lines = [line for line in featured_run[0].splitlines() if line.startswith("step: ")]
+    assert lines and all("mlm_acc: nan %" in line and "nsp_acc: nan %" in line for line in lines)
+    assert "mlm_loss: nan" not in featured_run[0]
+
+
+def test_device_iterations_same_losses_and_exact_resume(
+    tmp_path, capsys, sample_vocab, sample_records
+):
     data = ["--train-file", sample_records["remask"], "--vocab-file", sample_vocab]
-    one = cli(*fast_args(tmp_path / "one", *data, "--num-train-steps", "8"))
-    four = cli(*fast_args(tmp_path / "four", *data, "--num-train-steps", "8",
-                          "--device-iterations", "4"))  # fmt: skip
-    assert one.returncode == 0 and four.returncode == 0, (one.stderr + four.stderr)[-2000:]
-    assert "device_iterations 4" in four.stdout
-    steps = [int(s) for s in re.findall(r"^step: (\d+),", four.stdout, re.M)]
+    run_in_process(capsys, *fast_args(tmp_path / "one", *data, "--num-train-steps", "8"))
+    four = run_in_process(capsys, *fast_args(tmp_path / "four", *data, "--num-train-steps", "8",
+                                             "--device-iterations", "4"))  # fmt: skip
+    assert "device_iterations 4" in four
+    steps = [int(s) for s in re.findall(r"^step: (\d+),", four, re.M)]
     assert steps == [3, 7]  # one line per compiled call that reaches a log step
     base, fused = losses(run_dirs(tmp_path / "one")[0]), losses(run_dirs(tmp_path / "four")[0])
     assert sorted(fused) == list(range(8))
     np.testing.assert_allclose([fused[s] for s in range(8)], [base[s] for s in range(8)], rtol=1e-6)
     # Resume: 4 steps, then --restore-dir to 8, equals the uninterrupted device_iterations 4 run.
-    half = cli(*fast_args(tmp_path / "half", *data, "--num-train-steps", "4",
-                          "--device-iterations", "4"))  # fmt: skip
-    assert half.returncode == 0, half.stderr[-2000:]
-    (half_dir,) = run_dirs(tmp_path / "half")
-    rest = cli(*fast_args(tmp_path / "half", *data, "--num-train-steps", "8",
-                          "--device-iterations", "4", "--restore-dir", half_dir))  # fmt: skip
-    assert rest.returncode == 0, rest.stderr[-2000:]
-    assert "resumed from" in rest.stdout
+    half = tmp_path / "half"
+    run_in_process(capsys, *fast_args(half, *data, "--num-train-steps", "4",
+                                      "--device-iterations", "4"))  # fmt: skip
+    (half_dir,) = run_dirs(half)
+    rest = run_in_process(capsys, *fast_args(half, *data, "--num-train-steps", "8",
+                                             "--device-iterations", "4",
+                                             "--restore-dir", half_dir))  # fmt: skip
+    assert "resumed from" in rest
     resumed = losses(half_dir)
     assert [resumed[s] for s in range(4, 8)] == [fused[s] for s in range(4, 8)]
 
@@ -83,26 +115,8 @@ def test_compile_only_compiles_and_reports(tmp_path):
     assert seconds and float(seconds.group(1)) > 0
     memory = re.search(r"^memory estimate: weights ([\d.,]+) MiB", result.stdout, re.M)
     assert memory and float(memory.group(1).replace(",", "")) > 0
-    assert not os.listdir(tmp_path)
-
-
-def test_execution_profile_writes_a_trace(tmp_path):
-    result = cli(*fast_args(tmp_path, "--generated-data", "--num-train-steps", "3",
-                            "--execution-profile", "--profile-start-step", "1",
-                            "--profile-steps", "1"))  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    (run_dir,) = run_dirs(tmp_path)
-    traces = glob.glob(os.path.join(run_dir, "event", "plugins", "profile", "*", "*.xplane.pb"))
-    assert traces and os.path.getsize(traces[0]) > 0
-
-
-def test_disable_acc_reports_nan_accuracies(tmp_path):
-    result = cli(*fast_args(tmp_path, "--generated-data", "--num-train-steps", "2",
-                            "--disable-acc"))  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines = [line for line in result.stdout.splitlines() if line.startswith("step: ")]
-    assert lines and all("mlm_acc: nan %" in line and "nsp_acc: nan %" in line for line in lines)
-    assert "mlm_loss: nan" not in result.stdout
+    assert "Training graph successfully compiled" in result.stdout
+    assert not os.listdir(tmp_path)  # nothing written
 
 
 # ----------------------------------------------------------------------------- typed config

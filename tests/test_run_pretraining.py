@@ -71,15 +71,6 @@ def test_ten_steps_on_generated_data(tmp_path, config):
     assert "final:" in result.stdout
 
 
-def test_compile_only_writes_nothing(tmp_path):
-    result = cli(
-        "--config", TINY, "--generated-data", "--compile-only", "--save-path", str(tmp_path)
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "Training graph successfully compiled" in result.stdout
-    assert not os.listdir(tmp_path)
-
-
 def _final_state(run_dir):
     import tensorflow as tf
 
