@@ -295,6 +295,31 @@ def test_dropout_is_seeded_and_recomputation_draws_the_same_masks():
         model(ids, training=True)
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_traced_training_step_equals_eager(jit_compile):
+    """The step as the training loop will run it (tf.function, XLA or not, recomputation on)
+    gives the eager loss and gradients. With dropout, only the plain tf.function draws the eager
+    masks: modeling_ops.dropout_keys' stateless_uniform gives other keys under XLA (seeded and
+    deterministic there too)."""
+    rate = 0.0 if jit_compile else 0.1
+    model = randomized(tiny(recompute=True, resid_pdrop=rate, embd_pdrop=rate, attn_pdrop=rate))
+    ids, mask = inputs()
+    variables = list(model.params.values())
+
+    def step(ids, mask, seed):
+        with tf.GradientTape() as tape:
+            logits = model(ids, mask, training=True, dropout_seed=seed)["logits"]
+            loss = causal_lm_loss(logits, ids, mask)["loss"]
+        return loss, tape.gradient(loss, variables)
+
+    seed = tf.constant([5, 6])
+    want_loss, want_grads = step(tf.constant(ids), tf.constant(mask), seed)
+    loss, grads = tf.function(step, jit_compile=jit_compile)(ids, mask, seed)
+    assert float(loss) == pytest.approx(float(want_loss), abs=1e-6)
+    for a, b in zip(grads, want_grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-5)
+
+
 def test_bfloat16_logits_are_close_to_float32():
     model = randomized(tiny())
     ids, mask = inputs()
