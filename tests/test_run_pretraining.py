@@ -26,6 +26,19 @@ def cli(*args, timeout=600):
     )
 
 
+def local(capsys, *args):
+    """run_pretraining.main in this process (no interpreter and TensorFlow start-up), returned
+    like `cli`'s subprocess result."""
+    import run_pretraining
+
+    try:
+        code = run_pretraining.main(list(args))
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
 def small_run_args(save_path, *extra):
     """Tiny model, few steps, fp32 (bitwise comparisons), XLA as shipped."""
     return [
@@ -79,16 +92,17 @@ def _final_state(run_dir):
     return prefix, {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(prefix)}
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, sample_vocab, sample_records):
+def test_resume_equals_uninterrupted_run(tmp_path, capsys, sample_vocab, sample_records):
     """2N steps in one go == N steps, then --restore-dir for the other N: losses and all tensors bitwise."""
     data = ["--train-file", sample_records["remask"], "--vocab-file", sample_vocab]
-    whole = cli(*small_run_args(tmp_path / "a", *data, "--num-train-steps", "6"))
+    whole = local(capsys, *small_run_args(tmp_path / "a", *data, "--num-train-steps", "6"))
     assert whole.returncode == 0, whole.stderr[-2000:]
-    first = cli(*small_run_args(tmp_path / "b", *data, "--num-train-steps", "3"))
+    first = local(capsys, *small_run_args(tmp_path / "b", *data, "--num-train-steps", "3"))
     assert first.returncode == 0, first.stderr[-2000:]
     (run_b,) = run_dirs(tmp_path / "b")
-    second = cli(
-        *small_run_args(tmp_path / "b", *data, "--num-train-steps", "6", "--restore-dir", run_b)
+    second = local(
+        capsys,
+        *small_run_args(tmp_path / "b", *data, "--num-train-steps", "6", "--restore-dir", run_b),
     )
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resumed from" in second.stdout and "ckpt-2 at step 3" in second.stdout
@@ -129,7 +143,7 @@ def test_checkpoint_holds_google_names_and_optimizer_state(tmp_path):
     assert glob.glob(os.path.join(run_dir, "event", "*"))
 
 
-def test_gradient_accumulation_matches_a_bigger_micro_batch(tmp_path):
+def test_gradient_accumulation_matches_a_bigger_micro_batch(tmp_path, capsys):
     """4 x GA 2 and 8 x GA 1 see the same 8 sequences per step: same losses, close weights.
 
     The MLM loss is normalised per micro-batch as in the reference (sum(w*CE)/sum(w), then the mean
@@ -138,8 +152,8 @@ def test_gradient_accumulation_matches_a_bigger_micro_batch(tmp_path):
     """
     data = ["--generated-data", "--static-mask", "false", "--num-train-steps", "3"]
     data += ["--hidden-dropout-prob", "0"]
-    ga2 = cli(*small_run_args(tmp_path / "ga2", *data))
-    ga1 = cli(*small_run_args(tmp_path / "ga1", *data, "--micro-batch-size", "8"))
+    ga2 = local(capsys, *small_run_args(tmp_path / "ga2", *data))
+    ga1 = local(capsys, *small_run_args(tmp_path / "ga1", *data, "--micro-batch-size", "8"))
     assert ga2.returncode == 0 and ga1.returncode == 0, ga2.stderr[-2000:] + ga1.stderr[-2000:]
     a, b = STEP_LINE.findall(ga2.stdout), STEP_LINE.findall(ga1.stdout)
     assert len(a) == len(b) == 3
@@ -188,11 +202,13 @@ def test_nan_loss_stops_with_the_step_named(tmp_path):
     ]
 
 
-def test_init_checkpoint_restarts_at_step_zero_and_is_strict(tmp_path):
-    first = cli(*small_run_args(tmp_path / "p1", "--generated-data", "--num-train-steps", "2"))
+def test_init_checkpoint_restarts_at_step_zero_and_is_strict(tmp_path, capsys):
+    first = local(
+        capsys, *small_run_args(tmp_path / "p1", "--generated-data", "--num-train-steps", "2")
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     (run_dir,) = run_dirs(tmp_path / "p1")
-    second = cli(*small_run_args(tmp_path / "p2", "--generated-data", "--num-train-steps", "1",
+    second = local(capsys, *small_run_args(tmp_path / "p2", "--generated-data", "--num-train-steps", "1",
                                  "--init-checkpoint", run_dir))  # fmt: skip
     assert second.returncode == 0, second.stderr[-2000:]
     assert re.search(
@@ -200,7 +216,7 @@ def test_init_checkpoint_restarts_at_step_zero_and_is_strict(tmp_path):
     )
     assert STEP_LINE.findall(second.stdout)[0][0] == "0"
     # A wider model cannot load it: one line naming the variable and both shapes.
-    third = cli(*small_run_args(tmp_path / "p3", "--generated-data", "--num-train-steps", "1",
+    third = local(capsys, *small_run_args(tmp_path / "p3", "--generated-data", "--num-train-steps", "1",
                                 "--init-checkpoint", run_dir, "--hidden-size", "48"))  # fmt: skip
     assert third.returncode == 2
     assert re.search(r"error: checkpoint \S+: variable \S+ has shape \[.*\], the model has \[.*\]",
