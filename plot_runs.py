@@ -8,12 +8,12 @@ One panel per tag pattern (default: losses, accuracies, learning rate, loss scal
 throughputs); runs are overlaid, one colour each, against the step. Tags a run lacks are skipped.
 """
 
-import argparse
 import fnmatch
 import os
 
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
+from common.cli import Option, build_tool_parser, parse_tool_args
 from common.errors import UserError, cli_main
 from common.fileio import atomic_outputs, ensure_output_dir
 
@@ -29,25 +29,26 @@ STYLES = ("-", "--", ":", "-.")  # per tag within a panel; single points get MAR
 MARKERS = ("o", "s", "^", "D")
 
 
+CLI_OPTIONS = (
+    Option("run_dirs", "str", None, "run directories", positional=True, nargs="+",
+           metavar="RUN_DIR"),
+    Option("output", "str", None, "the PNG to write", required=True, extra_flags=("-o",)),
+    Option("tags", "str", None, "one panel per tag or shell pattern, e.g. 'loss/*' grad_norm "
+           "(default: losses, accuracies, learning_rate, loss_scaling, samples_per_sec, "
+           "tokens_per_sec)", nargs="+", metavar="PATTERN"),
+    Option("labels", "str", None, "one legend label per run (default: its name)", nargs="+"),
+    Option("dpi", "int", 80, "resolution"),
+)  # fmt: skip
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="plot_runs.py",
+    """The command line, from the schema machinery every script uses (common.cli)."""
+    return build_tool_parser(
+        CLI_OPTIONS,
+        "plot_runs.py",
         description=__doc__.split("\n\n")[0],
         epilog="Give the run directories before --tags and --labels (those take several values).",
-        allow_abbrev=False,
     )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
-    parser.add_argument("-o", "--output", required=True, help="the PNG to write")
-    parser.add_argument(
-        "--tags",
-        nargs="+",
-        metavar="PATTERN",
-        help="one panel per tag or shell pattern, e.g. 'loss/*' grad_norm (default: losses, "
-        "accuracies, learning_rate, loss_scaling, samples_per_sec, tokens_per_sec)",
-    )
-    parser.add_argument("--labels", nargs="+", help="one legend label per run (default: its name)")
-    parser.add_argument("--dpi", type=int, default=80, help="resolution (default: 80)")
-    return parser
 
 
 def panel_series(runs, patterns):
@@ -93,7 +94,13 @@ def plot(runs, panels, path, dpi):
 
 @cli_main
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_tool_args(
+        CLI_OPTIONS,
+        argv,
+        "plot_runs.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="Give the run directories before --tags and --labels (those take several values).",
+    )
     labels = args.labels or [os.path.basename(os.path.normpath(d)) for d in args.run_dirs]
     if len(labels) != len(args.run_dirs):
         raise UserError(f"--labels gives {len(labels)} labels for {len(args.run_dirs)} runs")
