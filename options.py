@@ -11,7 +11,7 @@ Rules:
 - Precedence: explicit command-line flag > `--config` JSON > default.
 - Exit 64 (`os.EX_USAGE`) for a config key or flag the script does not have, a value of the wrong
   type and a setting that fails validation; exit 2 for an unreadable config file. Config keys
-  starting with "_" are metadata and ignored (`save_resolved` writes such keys, so a saved
+  starting with "_" are metadata and ignored (`RunConfig.save` writes such keys, so a saved
   `arguments.json` is itself a valid `--config`).
 - Booleans: `--flag` (true), `--flag true|false`, `--no-flag`. Lists and dicts are JSON on the
   command line: `--pipeline-stages '[["emb","pos"],["hid"]]'`, `--lr-power '[0.5, 1]'`.
