@@ -572,7 +572,7 @@ _TO_APPS = {r: a for a, r in _TO_RESEARCH.items()}
 def _unknown_error(source, unknown):
     return UserError(
         f"{source}: {len(unknown)} tensor(s) with no GroupBERT research/app name mapping: "
-        f"{interop._shown(sorted(unknown))}"
+        f"{interop.shown_names(sorted(unknown))}"
     )
 
 

@@ -436,6 +436,14 @@ def read_hf_folder(folder):
     """(state dict {name: np.ndarray}, config dict) of a Hugging Face BERT folder."""
     config_path = os.path.join(folder, "config.json")
     config = read_json(config_path, "Hugging Face config")
+    tensors = {}
+    for path in hf_weight_files(folder):
+        tensors.update(_read_safetensors_file(path))
+    return tensors, config
+
+
+def hf_weight_files(folder):
+    """Paths of a Hugging Face folder's safetensors files: model.safetensors or the index's shards."""
     index = os.path.join(folder, HF_INDEX)
     if os.path.isfile(os.path.join(folder, HF_WEIGHTS)):
         files = [os.path.join(folder, HF_WEIGHTS)]
@@ -447,10 +455,7 @@ def read_hf_folder(folder):
             f"{folder} has no {HF_WEIGHTS}: only safetensors weights are read (no PyTorch needed); "
             "re-save the model with transformers' save_pretrained(..., safe_serialization=True)"
         )
-    tensors = {}
-    for path in files:
-        tensors.update(_read_safetensors_file(path))
-    return tensors, config
+    return files
 
 
 def write_hf_folder(folder, tensors, config):
@@ -612,14 +617,14 @@ def check_complete(tensors, fields, source):
     if unknown:
         raise UserError(
             f"{source}: {len(unknown)} tensor(s) this converter does not know: "
-            f"{_shown(unknown)} (GroupBERT and other variants are not supported)"
+            f"{shown_names(unknown)} (GroupBERT and other variants are not supported)"
         )
     missing = [n for n in expected_names(fields, heads_present(tensors)) if n not in tensors]
     if missing:
-        raise UserError(f"{source} is incomplete: {len(missing)} missing: {_shown(missing)}")
+        raise UserError(f"{source} is incomplete: {len(missing)} missing: {shown_names(missing)}")
 
 
-def _shown(names, limit=10):
+def shown_names(names, limit=10):
     return ", ".join(names[:limit]) + (
         f" ... (+{len(names) - limit} more)" if len(names) > limit else ""
     )
@@ -718,7 +723,7 @@ def read_checkpoint(path, bert_config_file=None):
         notes += tie_notes
         if unknown:
             raise UserError(
-                f"{path}: {len(unknown)} Hugging Face tensor(s) that are not BERT's: {_shown(unknown)}"
+                f"{path}: {len(unknown)} Hugging Face tensor(s) that are not BERT's: {shown_names(unknown)}"
             )
         dtypes = sorted({str(v.dtype) for v in model.values()} - {"float32"})
         if dtypes:
@@ -779,11 +784,11 @@ class LoadReport:
         converted = "" if self.format == "native" else f" (converted from {self.format})"
         parts = [f"loaded {len(self.loaded)} variables from {self.source}{converted}"]
         if self.fresh:
-            parts.append(f"{len(self.fresh)} start fresh: {_shown(self.fresh)}")
+            parts.append(f"{len(self.fresh)} start fresh: {shown_names(self.fresh)}")
         if self.missing:
             parts.append(f"{len(self.missing)} optional not in checkpoint")
         if self.unexpected:
-            parts.append(f"unused checkpoint tensors: {_shown(self.unexpected)}")
+            parts.append(f"unused checkpoint tensors: {shown_names(self.unexpected)}")
         if self.ignored_state:
             parts.append(f"ignored {self.ignored_state} optimizer/state tensors")
         return "; ".join(parts + self.notes)
@@ -853,7 +858,7 @@ def load_into(path, variables, required=None, allow_fresh=()):
             advice = "; these are task heads: allow them to start fresh to fine-tune"
         raise UserError(
             f"checkpoint {source.path} ({source.format}) lacks {len(missing_required)} required "
-            f"variable(s): {_shown(missing_required)}{advice}"
+            f"variable(s): {shown_names(missing_required)}{advice}"
         )
     names = [n for n in variables if n in available]
     for n in names:
@@ -870,7 +875,7 @@ def load_into(path, variables, required=None, allow_fresh=()):
     if encoder_unused:
         raise UserError(
             f"checkpoint {source.path} has {len(encoder_unused)} model tensor(s) the model lacks: "
-            f"{_shown(encoder_unused)}{_hint(encoder_unused, True)}"
+            f"{shown_names(encoder_unused)}{_hint(encoder_unused, True)}"
         )
     for n in names:
         var = variables[n]

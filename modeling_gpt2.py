@@ -143,6 +143,31 @@ def create_params(config, seed=0):
     return params
 
 
+def variable_shapes(config):
+    """{name: shape tuple} of `create_params`' variables, in the same order, without creating them
+    (what a Hugging Face folder must hold for `config`)."""
+    e, i = config.n_embd, config.inner_size
+    module_shapes = {
+        "ln_1": [(e,), (e,)],
+        "attn/c_attn": [(e, 3 * e), (3 * e,)],
+        "attn/c_proj": [(e, e), (e,)],
+        "ln_2": [(e,), (e,)],
+        "mlp/c_fc": [(e, i), (i,)],
+        "mlp/c_proj": [(i, e), (e,)],
+    }
+    shapes = {
+        "transformer/wte/weight": (config.vocab_size, e),
+        "transformer/wpe/weight": (config.n_positions, e),
+    }
+    for layer in range(config.n_layer):
+        for module in _BLOCK_MODULES:
+            weight, bias = module_shapes[module]
+            shapes[f"{block_scope(layer)}/{module}/weight"] = weight
+            shapes[f"{block_scope(layer)}/{module}/bias"] = bias
+    shapes["transformer/ln_f/weight"] = shapes["transformer/ln_f/bias"] = (e,)
+    return shapes
+
+
 def parameter_count(config):
     """Number of parameters (the tied LM head counted once): V E + P E + L (2 E I + 4 E^2 + 9 E
     + I) + 2 E; with I = 4E that is the usual V E + P E + L (12 E^2 + 13 E) + 2 E."""
