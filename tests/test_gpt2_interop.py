@@ -124,6 +124,19 @@ def test_half_precision_is_widened_with_a_note(tmp_path):
     np.testing.assert_array_equal(params["transformer/wte/weight"], wte)
 
 
+def test_sharded_float16_folder_reads_like_the_model(tmp_path):
+    hf = random_hf_model().to(torch.float16)
+    hf.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="20KB")
+    assert os.path.isfile(tmp_path / "model.safetensors.index.json")
+    assert not os.path.isfile(tmp_path / "model.safetensors")
+    _, params, notes = read_hf_gpt2(str(tmp_path))
+    assert any("float16" in n for n in notes)
+    for name, tensor in hf.state_dict().items():
+        ours = modeling_gpt2.ours_name(name)
+        if ours is not None:
+            np.testing.assert_array_equal(params[ours], tensor.float().numpy())
+
+
 def _rewrite(folder, change):
     """Apply change(tensors) to a folder's model.safetensors in place."""
     from safetensors.numpy import load_file, save_file
