@@ -287,8 +287,22 @@ def defaults(concern, **values):
     (for code and tests that need a group without a command line)."""
     opts = {o.key: o.default for o in OPTIONS if o.concern == concern}
     opts.update(values)
-    names = {f.name for f in dataclasses.fields(GROUPS[concern])}
-    return GROUPS[concern](**{k: v for k, v in opts.items() if k in names})
+    return _group(concern, opts)
+
+
+def _group(concern, values):
+    """The `concern` group holding its fields' entries of `values` (other keys ignored)."""
+    cls = GROUPS[concern]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _where(key, explicit, config_path):
+    """Where `key` was set: "--flag", the config path, or "default"."""
+    where = explicit.get(key)
+    if where == "cli":
+        return f"--{key.replace('_', '-')}"
+    return config_path if where == "config" else "default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,10 +348,7 @@ class RunConfig:
 
     def source(self, key):
         """Where `key` was set: "--flag", the config path, or "default"."""
-        where = self.explicit.get(key)
-        if where == "cli":
-            return f"--{key.replace('_', '-')}"
-        return self.config_path if where == "config" else "default"
+        return _where(key, self.explicit, self.config_path)
 
     def is_explicit(self, key):
         return key in self.explicit
@@ -384,10 +395,7 @@ class RunConfig:
 def _freeze(flat, explicit, script, config_path, scopes):
     flat = dict(flat)
     _derive_periods(flat)
-    groups = {}
-    for concern, cls in GROUPS.items():
-        names = {f.name for f in dataclasses.fields(cls)}
-        groups[concern] = cls(**{k: v for k, v in flat.items() if k in names})
+    groups = {concern: _group(concern, flat) for concern in GROUPS}
     return RunConfig(
         task=flat["task"],
         script=script,
@@ -402,10 +410,7 @@ def _freeze(flat, explicit, script, config_path, scopes):
 
 
 def _source(opts, explicit, key):
-    where = explicit.get(key)
-    if where == "cli":
-        return f"--{key.replace('_', '-')}"
-    return opts["_config"] if where == "config" else "default"
+    return _where(key, explicit, opts["_config"])
 
 
 def _fail(message):

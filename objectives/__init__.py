@@ -12,12 +12,11 @@ evaluation scripts there.)
 """
 
 
-def initialise(cfg, trainer, path, allow_fresh=(), source=None):
+def initialise(cfg, trainer, path):
     """Load `path` (any checkpoint format) into the trainer's model and optimizer, before the loop.
 
-    Model variables must all be present except those under `allow_fresh` (new task heads);
-    optimizer slots are loaded where the checkpoint has them, unless
-    restore_optimiser_from_checkpoint is false. Returns the lines to log.
+    Every model variable must be present; optimizer slots are loaded where the checkpoint has
+    them, unless restore_optimiser_from_checkpoint is false. Returns the lines to log.
     """
     import interop
 
@@ -25,17 +24,13 @@ def initialise(cfg, trainer, path, allow_fresh=(), source=None):
     variables = dict(model_params)
     if cfg.checkpoint.restore_optimiser_from_checkpoint:
         variables.update(trainer.optimizer.slots)
-    report = interop.load_into(
-        source or path, variables, required=list(model_params), allow_fresh=allow_fresh
-    )
+    report = interop.load_into(path, variables, required=list(model_params))
     slots = [n for n in report.loaded if n in trainer.optimizer.slots]
     converted = "" if report.format == "native" else f" (converted from {report.format})"
     line = (
         f"initialised from {report.source}{converted}: "
         f"{len(report.loaded) - len(slots)} model variables, {len(slots)} optimizer slots"
     )
-    if report.fresh:
-        line += f"; {len(report.fresh)} start fresh: {', '.join(report.fresh)}"
     if report.missing:
         line += f" ({len(report.missing)} optimizer slots start fresh)"
     if report.unexpected:
