@@ -666,8 +666,15 @@ class Source:
     do_lower_case: bool | None = None
 
 
-def _folder_config(directory, fmt, bert_config_file=None):
-    """Config fields from `bert_config_file`, or the folder's bert_config.json / arguments.json."""
+def _run_arguments(directory):
+    """The folder's arguments.json (our run's resolved options) as a dict, or {} if absent."""
+    arguments = os.path.join(directory, "arguments.json")
+    return read_json(arguments, "run arguments") if os.path.isfile(arguments) else {}
+
+
+def _folder_config(directory, fmt, args, bert_config_file=None):
+    """Config fields from `bert_config_file`, or the folder's bert_config.json / arguments.json
+    (`args`, from `_run_arguments`)."""
     path = bert_config_file or os.path.join(directory, "bert_config.json")
     if os.path.isfile(path):
         d = read_json(path, "model config")
@@ -679,20 +686,17 @@ def _folder_config(directory, fmt, bert_config_file=None):
         return dict(d)
     if bert_config_file:
         raise UserError(f"model config not found: {bert_config_file}")
-    arguments = os.path.join(directory, "arguments.json")
-    if fmt == "native" and os.path.isfile(arguments):
-        return dict(model_config.from_options(read_json(arguments, "run arguments")))
+    if fmt == "native" and args:
+        return dict(model_config.from_options(args))
     return None
 
 
-def _assets(directory, fmt):
+def _assets(directory, fmt, args):
     """(vocab_file, tokenizer_file, do_lower_case) found beside a checkpoint, None where unknown.
 
-    The folder's vocab.txt / tokenizer.json, else the files a run's arguments.json names; the
-    casing from a Hugging Face tokenizer_config.json, else from arguments.json.
+    The folder's vocab.txt / tokenizer.json, else the files a run's arguments.json (`args`) names;
+    the casing from a Hugging Face tokenizer_config.json, else from arguments.json.
     """
-    arguments = os.path.join(directory, "arguments.json")
-    args = read_json(arguments, "run arguments") if os.path.isfile(arguments) else {}
     found = []
     for name, key in (("vocab.txt", "vocab_file"), ("tokenizer.json", "tokenizer_file")):
         path = os.path.join(directory, name)
@@ -731,6 +735,8 @@ def read_checkpoint(path, bert_config_file=None):
             model = {k: v.astype(np.float32) for k, v in model.items()}
         config = config_from_hf(hf)
         fmt, slots, other, fused = "hf", {}, {}, False
+        directory = path
+        args = _run_arguments(directory)
     else:
         prefix = resolve_tf_checkpoint(path)
         tensors, path = read_tf_checkpoint(prefix), prefix
@@ -743,11 +749,12 @@ def read_checkpoint(path, bert_config_file=None):
         # Slots follow their variable: a fused kernel's slots are split like the kernel.
         model = native_to_canonical(model)
         slots = {s: native_to_canonical(g) for s, g in slots.items()}
-        config = _folder_config(os.path.dirname(os.path.abspath(prefix)), fmt, bert_config_file)
+        directory = os.path.dirname(os.path.abspath(prefix))
+        args = _run_arguments(directory)
+        config = _folder_config(directory, fmt, args, bert_config_file)
     if config is not None:
         config = _reconcile(config, shape_fields(model), path)
-    directory = path if fmt == "hf" else os.path.dirname(os.path.abspath(path))
-    vocab, tokenizer, lower = _assets(directory, fmt)
+    vocab, tokenizer, lower = _assets(directory, fmt, args)
     return Source(path, fmt, model, slots, other, config, fused, notes, vocab, tokenizer, lower)
 
 
