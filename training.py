@@ -81,6 +81,12 @@ def measured_peak_flops(dtype, seconds=0.5):
     return best
 
 
+def compiles_with_xla(loop, strategy):
+    """Whether the training step is XLA-compiled: `xla` on and one replica (tf.distribute does
+    not compile across devices). Models whose ops pick a method by it are told this."""
+    return bool(loop.xla) and strategy.num_replicas_in_sync == 1
+
+
 def new_run_dir(save_path, task, optimizer):
     """`save_path/<task>_<optimizer>_<YYYYmmdd_HHMMSS.mmm>`, the reference's run-directory name."""
     stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S.%f")[:-3]
@@ -271,7 +277,7 @@ class Trainer:
                 stacked = {k: tf.stack([b[k] for b in batches]) for k in batches[0]}
                 return self._iterate(stacked, with_grads)
 
-            fn = tf.function(single, jit_compile=bool(self.loop.xla))
+            fn = tf.function(single, jit_compile=compiles_with_xla(self.loop, strategy))
         else:
             fn = tf.function(lambda batches: self._distributed(batches, with_grads))
         self._step_fns[with_grads] = fn
@@ -622,7 +628,7 @@ def _compile_only(cfg, trainer, dataset):
     concrete = fn.get_concrete_function(spec)
     traced = time.time() - start
     how = "traced (no XLA)"
-    if cfg.loop.xla and trainer.strategy.num_replicas_in_sync == 1:
+    if compiles_with_xla(cfg.loop, trainer.strategy):
         # Compiles without running: zeros stand for the inputs.
         zeros = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), spec)
         fn.experimental_get_compiler_ir(zeros)(stage="optimized_hlo")

@@ -162,8 +162,9 @@ def build_model(cfg, config, head, num_outputs, seed, strategy):
     """
     import modeling
     import modeling_ops
+    import training
 
-    xla = bool(cfg.loop.xla) and strategy.num_replicas_in_sync == 1  # as the loop compiles
+    xla = training.compiles_with_xla(cfg.loop, strategy)  # the grouped ops' method follows it
     with strategy.scope():
         model = modeling.BertModel(config, heads=(), seed=seed, xla=xla)
         weights, bias = HEAD_VARIABLES[head]

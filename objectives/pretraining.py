@@ -202,9 +202,10 @@ class PretrainingTask:
 
     def build_model(self, strategy):
         import modeling
+        import training
 
         # The model's grouped ops (GroupBERT) pick their method by whether the step is compiled.
-        xla = bool(self.cfg.loop.xla) and strategy.num_replicas_in_sync == 1  # as the loop does
+        xla = training.compiles_with_xla(self.cfg.loop, strategy)
         with strategy.scope():
             return modeling.BertModel(
                 self.config, heads=self.heads, seed=self.cfg.loop.seed, xla=xla
