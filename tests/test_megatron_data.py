@@ -1,4 +1,4 @@
-"""bert_data.megatron: the .bin/.idx layout pinned by hand-built bytes, reader errors, GPT samples
+"""gpt2_data.megatron: the .bin/.idx layout pinned by hand-built bytes, reader errors, GPT samples
 against a materialised reference stream, and the resumable tf.data pipeline."""
 
 import os
@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from bert_data.megatron import GPTSamples, IndexedDataset, gpt_tf_dataset, write_indexed_dataset
+from gpt2_data.megatron import GPTSamples, IndexedDataset, gpt_tf_dataset, write_indexed_dataset
 from common.errors import UserError
 
 EOD = 50256
