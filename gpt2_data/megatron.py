@@ -130,6 +130,51 @@ class IndexedDataset:
         return self.tokens[start : start + self.sizes[i]]
 
 
+class IndexWriter:
+    """Appends sequences to an open `.bin` file and writes the matching `.idx` at the end.
+
+    One sequence per document, as Megatron's preprocessing writes them (doc_idx = 0, 1, ..., n).
+    Memory: one size per sequence.
+
+    Args:
+      bin_file, idx_file: binary files open for writing (e.g. from `atomic_outputs`).
+      dtype: integer token dtype (uint8, int8, int16, int32, int64 or uint16).
+    """
+
+    def __init__(self, bin_file, idx_file, dtype=np.uint16):
+        dtype = np.dtype(dtype)
+        if dtype not in _INT_CODES:
+            raise ValueError(
+                f"token dtype must be one of {sorted(map(str, _INT_CODES))}, not {dtype}"
+            )
+        self.bin_file, self.idx_file, self.dtype = bin_file, idx_file, dtype
+        self.sizes = []
+
+    def add(self, ids, name=None):
+        """Appends one sequence (1-D integer ids); `name` (default "document i") says where in
+        a UserError for ids that are not 1-D integers or do not fit the dtype."""
+        ids = np.asarray(ids)
+        name = name or f"document {len(self.sizes)}"
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise UserError(f"{name} is not a 1-D sequence of integer ids")
+        limits = np.iinfo(self.dtype)
+        if ids.size and (ids.min() < limits.min or ids.max() > limits.max):
+            raise UserError(f"{name} has ids outside {self.dtype} [{limits.min}, {limits.max}]")
+        self.bin_file.write(ids.astype(self.dtype.newbyteorder("<")).tobytes())
+        self.sizes.append(ids.size)
+
+    def finish(self):
+        """Writes the `.idx`; returns the number of sequences."""
+        n = len(self.sizes)
+        sizes = np.asarray(self.sizes, np.int64)
+        pointers = np.concatenate([[0], np.cumsum(sizes * self.dtype.itemsize)[:-1]]).astype("<i8")
+        self.idx_file.write(HEADER.pack(MAGIC, VERSION, _INT_CODES[self.dtype], n, n + 1))
+        self.idx_file.write(sizes.astype("<i4").tobytes())
+        self.idx_file.write(pointers[:n].tobytes())
+        self.idx_file.write(np.arange(n + 1, dtype="<i8").tobytes())
+        return n
+
+
 def write_indexed_dataset(prefix, documents, dtype=np.uint16):
     """Writes `<prefix>.bin` and `<prefix>.idx`, one sequence per document, atomically.
 
@@ -142,31 +187,12 @@ def write_indexed_dataset(prefix, documents, dtype=np.uint16):
     Raises:
       UserError: an id that does not fit `dtype`, or an unwritable directory.
     """
-    dtype = np.dtype(dtype)
-    if dtype not in _INT_CODES:
-        raise ValueError(f"token dtype must be one of {sorted(map(str, _INT_CODES))}, not {dtype}")
     ensure_output_dir(prefix)
-    limits = np.iinfo(dtype)
-    sizes = []
     with atomic_outputs([f"{prefix}.bin", f"{prefix}.idx"]) as (bin_file, idx_file):
-        for i, doc in enumerate(documents):
-            ids = np.asarray(doc)
-            if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
-                raise UserError(f"document {i} is not a 1-D sequence of integer ids")
-            if ids.size and (ids.min() < limits.min or ids.max() > limits.max):
-                raise UserError(
-                    f"document {i} has ids outside {dtype} [{limits.min}, {limits.max}]"
-                )
-            bin_file.write(ids.astype(dtype.newbyteorder("<")).tobytes())
-            sizes.append(ids.size)
-        n = len(sizes)
-        sizes = np.asarray(sizes, np.int64)
-        pointers = np.concatenate([[0], np.cumsum(sizes * dtype.itemsize)[:-1]]).astype("<i8")
-        idx_file.write(HEADER.pack(MAGIC, VERSION, _INT_CODES[dtype], n, n + 1))
-        idx_file.write(sizes.astype("<i4").tobytes())
-        idx_file.write(pointers[:n].tobytes())
-        idx_file.write(np.arange(n + 1, dtype="<i8").tobytes())
-    return n
+        writer = IndexWriter(bin_file, idx_file, dtype)
+        for doc in documents:
+            writer.add(doc)
+        return writer.finish()
 
 
 class GPTSamples:

@@ -129,7 +129,7 @@ def test_gpt2_facts(gpt2):
     assert ours.decode([64, 50256, 65]) == "a<|endoftext|>b"
 
 
-def _tiny_files(tmp_path, merges, extra=()):
+def tiny_vocab_files(tmp_path, merges, extra=()):
     """A byte-level vocabulary of the 256 byte symbols, the merges' results and EOD."""
     symbols = list(byte_symbols().values())
     vocab = {s: i for i, s in enumerate(symbols)}
@@ -163,7 +163,7 @@ TINY_TEXTS = [
 
 
 def test_tiny_vocabulary_matches_the_reference(tmp_path):
-    vocab, vocab_path, merges_path = _tiny_files(tmp_path, TINY_MERGES)
+    vocab, vocab_path, merges_path = tiny_vocab_files(tmp_path, TINY_MERGES)
     ours = gpt2_tokenizer.load(vocab_path, merges_path)
     reference = ReferenceEncoder(vocab, TINY_MERGES)
     for text in TINY_TEXTS:
@@ -187,7 +187,7 @@ def test_tiny_vocabulary_matches_the_reference(tmp_path):
     ],
 )
 def test_bad_files_are_one_line_errors_naming_the_file(tmp_path, which, content, message):
-    _, vocab_path, merges_path = _tiny_files(tmp_path, TINY_MERGES)
+    _, vocab_path, merges_path = tiny_vocab_files(tmp_path, TINY_MERGES)
     path = vocab_path if which == "vocab" else merges_path
     os.remove(path)
     if content is not None:
