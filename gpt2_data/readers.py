@@ -127,7 +127,7 @@ def tfrecord_dataset(files, max_len):
             "mask": tf.ensure_shape(mask, [width]),
         }
 
-    return tf.data.TFRecordDataset(list(files)).map(parse, deterministic=True)
+    return tf.data.TFRecordDataset(list(files)).map(parse)
 
 
 def _read_text(path):

@@ -9,8 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from gpt2_data.megatron import GPTSamples, IndexedDataset, gpt_tf_dataset, write_indexed_dataset
 from common.errors import UserError
+from gpt2_data.megatron import GPTSamples, IndexedDataset, gpt_tf_dataset, write_indexed_dataset
 
 EOD = 50256
 
