@@ -19,8 +19,12 @@ import glob
 import json
 import multiprocessing
 import os
+import sys
+
+from tqdm import tqdm
 
 from bert_data.wiki_preprocess import iter_documents
+from common.cli import parse_tool_args
 from common.errors import UserError
 
 FORMATS = ("jsonl", "text", "wikiextractor")
@@ -161,3 +165,23 @@ def ordered_map(func, items, workers, initializer=None, initargs=(), chunk_size=
                 batch = []
         if batch:
             yield from pool.imap(func, batch, chunk_size)
+
+
+def check_positive(**flags):
+    """UserError naming the first flag (given as key=value, e.g. workers=0) whose value is < 1."""
+    for key, value in flags.items():
+        if value < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+
+
+def byte_progress(files, desc):
+    """A tqdm bar over the bytes of `files`, on stderr, hidden when stderr is not a terminal."""
+    total = sum(map(os.path.getsize, files))
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, file=sys.stderr, disable=None)
+
+
+def tool_args(options, argv, module, description):
+    """The namespace of a gpt2_data tool's command line (`python3 -m gpt2_data.<module>`)."""
+    return parse_tool_args(
+        options, argv, prog=f"python3 -m gpt2_data.{module}", description=description
+    )

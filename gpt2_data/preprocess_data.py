@@ -30,9 +30,8 @@ if __package__ in (None, ""):  # run as a file: import from the repository root
     sys.path[0] = os.path.dirname(os.path.abspath(sys.path[0]))
 
 import numpy as np
-from tqdm import tqdm
 
-from common.cli import Option, parse_tool_args
+from common.cli import Option
 from common.errors import UserError, cli_main
 from common.fileio import atomic_outputs, ensure_output_dir
 from gpt2_data import corpus, megatron
@@ -99,11 +98,9 @@ def output_dtype(vocab_size):
 
 def run(args):
     """Tokenizes `args.input` into the indexed datasets; returns {key: (documents, tokens)}."""
-    for flag in ("workers", "chunk_size", "log_interval"):
-        if getattr(args, flag) < 1:
-            raise UserError(
-                f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}"
-            )
+    corpus.check_positive(
+        workers=args.workers, chunk_size=args.chunk_size, log_interval=args.log_interval
+    )
     tok = gpt2_tokenizer.load(args.vocab_file, args.merge_file)
     files = corpus.expand_inputs(args.input)
     formats = [corpus.detect_format(f) if args.input_format == "auto" else args.input_format
@@ -116,11 +113,7 @@ def run(args):
     dtype = output_dtype(tok.vocab_size)
     counts = {key: [0, 0] for key in keys}
     paths = [p + ext for p in prefixes for ext in (".bin", ".idx")]
-    with (
-        atomic_outputs(paths) as handles,
-        tqdm(total=sum(map(os.path.getsize, files)), unit="B", unit_scale=True,
-             desc="preprocess_data", file=sys.stderr, disable=None) as bar,
-    ):  # fmt: skip
+    with atomic_outputs(paths) as handles, corpus.byte_progress(files, "preprocess_data") as bar:
         writers = [megatron.IndexWriter(b, i, dtype) for b, i in zip(handles[::2], handles[1::2])]
         tasks = (
             (place, payload, fmt)
@@ -143,12 +136,15 @@ def run(args):
     return {key: tuple(c) for key, c in counts.items()}
 
 
+def parse_args(argv=None):
+    """The command line's namespace (see CLI_OPTIONS)."""
+    description = "Tokenize text with GPT-2 BPE into Megatron .bin/.idx files."
+    return corpus.tool_args(CLI_OPTIONS, argv, "preprocess_data", description)
+
+
 @cli_main
 def main(argv=None):
-    args = parse_tool_args(
-        CLI_OPTIONS, argv, prog="python3 -m gpt2_data.preprocess_data",
-        description="Tokenize text with GPT-2 BPE into Megatron .bin/.idx files.",
-    )  # fmt: skip
+    args = parse_args(argv)
     for key, (docs, tokens) in run(args).items():
         print(
             f"wrote {args.output_prefix}_{key}_document.bin/.idx: {docs} documents, {tokens} tokens"

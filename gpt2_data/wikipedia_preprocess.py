@@ -38,10 +38,9 @@ import glob
 import pickle
 
 import numpy as np
-from tqdm import tqdm
 
 from bert_data.records import encode_records
-from common.cli import Option, parse_tool_args
+from common.cli import Option
 from common.errors import UserError, cli_main
 from common.fileio import atomic_outputs, ensure_output_dir
 from gpt2_data import corpus, readers
@@ -148,10 +147,9 @@ def write_tfrecords(handles, articles, seq_length, stride):
 def run(args):
     """Runs the tool; returns {"articles", "dropped", "records"}."""
     stride = args.stride or args.seq_length
-    for flag, value in (("workers", args.workers), ("seq_length", args.seq_length),
-                        ("stride", stride), ("num_output", args.num_output)):  # fmt: skip
-        if value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    corpus.check_positive(
+        workers=args.workers, seq_length=args.seq_length, stride=stride, num_output=args.num_output
+    )
     if args.tfrecord and args.seq_length < 2:
         raise UserError(
             f"--seq-length must be at least 2 (an input and a target), got {args.seq_length}"
@@ -170,8 +168,7 @@ def run(args):
     ensure_output_dir(os.path.join(args.output_file_path, PKL_NAME))
     dtype = output_dtype(tok.vocab_size)
     kept, dropped = [], 0
-    with tqdm(total=sum(map(os.path.getsize, files)), unit="B", unit_scale=True,
-              desc="wikipedia_preprocess", file=sys.stderr, disable=None) as bar:  # fmt: skip
+    with corpus.byte_progress(files, "wikipedia_preprocess") as bar:
         tasks = (t for f in files for t in corpus.read_documents(f, "wikiextractor", bar))
         init = (args.vocab_file, args.merge_file)
         for ids in corpus.ordered_map(_encode_article, tasks, args.workers, _init_worker, init):
@@ -198,13 +195,15 @@ def run(args):
     return {"articles": len(kept), "dropped": dropped, "records": records}
 
 
+def parse_args(argv=None):
+    """The command line's namespace (see CLI_OPTIONS)."""
+    description = "Tokenize WikiExtractor articles with GPT-2 BPE into a .pkl (and TFRecords)."
+    return corpus.tool_args(CLI_OPTIONS, argv, "wikipedia_preprocess", description)
+
+
 @cli_main
 def main(argv=None):
-    args = parse_tool_args(
-        CLI_OPTIONS, argv, prog="python3 -m gpt2_data.wikipedia_preprocess",
-        description="Tokenize WikiExtractor articles with GPT-2 BPE into a .pkl (and TFRecords).",
-    )  # fmt: skip
-    run(args)
+    run(parse_args(argv))
 
 
 if __name__ == "__main__":

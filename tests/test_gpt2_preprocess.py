@@ -94,7 +94,7 @@ def test_output_reads_back_as_encode_plus_eod_for_any_worker_count(tmp_path, tin
 def _args(tmp_path, tiny, *extra):
     vocab, merges = tiny
     argv = ["--output-prefix", str(tmp_path / "out"), "--vocab-file", vocab, "--merge-file", merges]
-    return preprocess_data.parse_tool_args(preprocess_data.CLI_OPTIONS, [*argv, *extra])
+    return preprocess_data.parse_args([*argv, *extra])
 
 
 def _read(tmp_path, key="text"):

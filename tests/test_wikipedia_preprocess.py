@@ -87,7 +87,7 @@ def test_pickle_and_tfrecords(tmp_path, tiny):
     tok = gpt2_tokenizer.load(vocab, merges)
     extra = ["--tfrecord", "--seq-length", "9", "--stride", "6", "--num-output", "3", "--seed", "3",
              "--min-length", "12", "--use-bpe"]  # fmt: skip
-    stats = wp.run(wp.parse_tool_args(wp.CLI_OPTIONS, _argv(tmp_path, *tiny, "one", *extra)))
+    stats = wp.run(wp.parse_args(_argv(tmp_path, *tiny, "one", *extra)))
     done = subprocess.run(
         [sys.executable, os.path.join(ROOT, "gpt2_data", "wikipedia_preprocess.py"),
          *_argv(tmp_path, *tiny, "two", *extra), "--workers", "2"],
@@ -108,7 +108,7 @@ def test_pickle_and_tfrecords(tmp_path, tiny):
     assert all(a.count(tok.eod) == 1 for a in articles)
     assert articles != [e for e in expected if len(e) >= 12]  # shuffled...
     argv = _argv(tmp_path, *tiny, "seed4", "--seed", "4", "--min-length", "12")
-    assert wp.run(wp.parse_tool_args(wp.CLI_OPTIONS, argv))["records"] == 0
+    assert wp.run(wp.parse_args(argv))["records"] == 0
     with open(tmp_path / "seed4" / wp.PKL_NAME, "rb") as f:
         assert pickle.load(f) != articles  # ...by the seed
 
@@ -128,14 +128,10 @@ def test_pickle_and_tfrecords(tmp_path, tiny):
 
 def test_missing_tree_and_bad_flags_are_user_errors(tmp_path, tiny):
     with pytest.raises(UserError, match="no WikiExtractor files"):
-        wp.run(wp.parse_tool_args(wp.CLI_OPTIONS, _argv(tmp_path, *tiny, "o")))
+        wp.run(wp.parse_args(_argv(tmp_path, *tiny, "o")))
     _tree(tmp_path, 4)
     with pytest.raises(UserError, match="--stride must be at least 1"):
-        wp.run(wp.parse_tool_args(wp.CLI_OPTIONS, _argv(tmp_path, *tiny, "o", "--stride", "-1")))
+        wp.run(wp.parse_args(_argv(tmp_path, *tiny, "o", "--stride", "-1")))
     with pytest.raises(UserError, match="no article has --min-length 100000"):
-        wp.run(
-            wp.parse_tool_args(
-                wp.CLI_OPTIONS, _argv(tmp_path, *tiny, "o", "--min-length", "100000")
-            )
-        )
+        wp.run(wp.parse_args(_argv(tmp_path, *tiny, "o", "--min-length", "100000")))
     assert not os.path.exists(tmp_path / "o" / wp.PKL_NAME)
