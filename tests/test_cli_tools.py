@@ -1,6 +1,6 @@
 """Every command-line tool answers --help, and the schema machinery of common/cli.py for tools.
 
-The tools are discovered (a `__main__` block in a root script or a bert_data module), so a new
+The tools are discovered (a `__main__` block in a root script or a bert_data or gpt2_data module), so a new
 tool is covered without editing this file. --help must not import TensorFlow: it is checked with
 Python's import-time log (PYTHONPROFILEIMPORTTIME), which costs nothing extra to collect.
 """
@@ -32,17 +32,18 @@ def root_scripts():
     )
 
 
-def data_tools():
-    paths = glob.glob(os.path.join(ROOT, "bert_data", "*.py"))
+def data_tools(package="bert_data"):
+    paths = glob.glob(os.path.join(ROOT, package, "*.py"))
     return sorted(os.path.basename(p)[:-3] for p in paths if _has_main(p))
 
 
 def _help_commands():
     python = sys.executable
     commands = [[python, script, "--help"] for script in root_scripts()]
-    for name in data_tools():
-        commands.append([python, os.path.join("bert_data", f"{name}.py"), "--help"])
-        commands.append([python, "-m", f"bert_data.{name}", "--help"])
+    for package in ("bert_data", "gpt2_data"):
+        for name in data_tools(package):
+            commands.append([python, os.path.join(package, f"{name}.py"), "--help"])
+            commands.append([python, "-m", f"{package}.{name}", "--help"])
     commands.append(["./run_squad.py", "--help"])  # shebang and exec bit
     return commands
 
@@ -63,6 +64,7 @@ def test_discovery_finds_the_known_tools():
             "extract_features.py"} <= set(root_scripts())  # fmt: skip
     assert {"create_vocab", "create_bpe_tokenizer", "create_mlm_data", "inspect_records",
             "wiki_preprocess", "squad_metrics", "create_pretraining_data"} <= set(data_tools())  # fmt: skip
+    assert {"preprocess_data", "wikipedia_preprocess"} <= set(data_tools("gpt2_data"))
 
 
 def test_root_scripts_are_executable():
