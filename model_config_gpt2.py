@@ -16,7 +16,7 @@ import dataclasses
 import difflib
 
 from common.errors import UserError
-from common.fileio import read_json
+from common.fileio import atomic_write_json, read_json
 
 # Hugging Face activation name -> modeling_ops.ACTIVATIONS name. Hugging Face's "gelu" is the erf
 # form; modeling_ops' "gelu" is the tanh form (Google BERT's), hence the explicit map.
@@ -86,11 +86,22 @@ class GPT2Config:
         False, A, "compute the attention scores q.k in float32 even in a 16-bit compute dtype"
     )
     recompute: bool = _field(False, L, "gradient checkpointing per block (tf.recompute_grad)")
+    recompute_layers: tuple | None = _field(
+        None, L, "with recompute: only these blocks (0-based); null = every block"
+    )
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name == "n_inner" and value is None:
+            if field.name in ("n_inner", "recompute_layers") and value is None:
+                continue
+            if field.name == "recompute_layers":
+                ok = all(isinstance(i, int) and 0 <= i < self.n_layer for i in value)
+                if not ok:
+                    raise UserError(
+                        f"GPT-2 config: recompute_layers {list(value)} must be block indices in "
+                        f"[0, {self.n_layer - 1}]"
+                    )
                 continue
             if field.type in (int, int | None):
                 ok, want = isinstance(value, int) and value >= 1, "a positive integer"
@@ -178,6 +189,14 @@ class GPT2Config:
     def from_json_file(cls, path):
         """Read a config.json (Hugging Face or configs/gpt2/); see `from_hf_dict`."""
         return cls.from_hf_dict(read_json(path, "GPT-2 config"), where=f"GPT-2 config {path}")
+
+    def recomputes(self, i):
+        """Whether block i is wrapped in tf.recompute_grad."""
+        return self.recompute and (self.recompute_layers is None or i in self.recompute_layers)
+
+    def to_json_file(self, path):
+        """Write `to_hf_dict()` as JSON, atomically."""
+        atomic_write_json(path, self.to_hf_dict())
 
     def to_hf_dict(self):
         """A Hugging Face config.json dict (`transformers.GPT2Config(**d)` builds the same model).

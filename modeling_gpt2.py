@@ -309,12 +309,13 @@ def gpt2_forward(
     training=False,
     dropout_seed=None,
     compute_dtype=tf.float32,
+    with_logits=True,
 ):
     """GPT-2's logits and final hidden states (see `GPT2Model.__call__` for the arguments).
 
     Returns:
-      (logits float32 [B,S,V] (float64 in float64 runs), hidden states after ln_f [B,S,E] in
-      the compute dtype).
+      (logits float32 [B,S,V] (float64 in float64 runs; None unless with_logits), hidden states
+      after ln_f [B,S,E] in the compute dtype).
     """
     c = config
     compute_dtype = ops.check_compute_dtype(compute_dtype)
@@ -341,8 +342,10 @@ def gpt2_forward(
             training=training,
             dropout_seed=dropout_seed,
         )
-        h = tf.recompute_grad(block_fn)(h) if c.recompute else block_fn(h)
+        h = tf.recompute_grad(block_fn)(h) if c.recomputes(i) else block_fn(h)
     x = _layer_norm(params, "transformer/ln_f", h, c.layer_norm_epsilon, compute_dtype)
+    if not with_logits:
+        return None, x
     table = ops.weight(params, "transformer/wte/weight", compute_dtype)  # [V,E], tied head
     logits = tf.matmul(tf.reshape(x, [-1, c.n_embd]), table, transpose_b=True)  # [B*S,V]
     logits = tf.reshape(tf.cast(logits, acc), [-1, seq_length, c.vocab_size])  # [B,S,V]
@@ -361,6 +364,8 @@ class GPT2Model(tf.Module):
       params: dict {name: float32 tf.Variable} in Hugging Face's state-dict order (`create_params`).
     """
 
+    config_file = "config.json"  # what the training loop writes the config as (Hugging Face's)
+
     def __init__(self, config, seed=0):
         super().__init__(name="gpt2_model")
         self.config = config
@@ -377,6 +382,7 @@ class GPT2Model(tf.Module):
         training=False,
         dropout_seed=None,
         compute_dtype=tf.float32,
+        with_logits=True,
     ):
         """Next-token logits.
 
@@ -388,6 +394,8 @@ class GPT2Model(tf.Module):
           dropout_seed: int32/int64 [2] tensor, required when training with non-zero dropout; the
             same seed draws the same masks (with or without recomputation).
           compute_dtype: tf.float32, tf.bfloat16, tf.float16 (or tf.float64).
+          with_logits: False skips the LM head (logits None), for a loss that computes it in
+            chunks (objectives.causal_lm.serialized_lm_loss).
         Returns:
           {"logits": float32 [B,S,V] (float64 in float64 runs), "hidden_states": [B,S,E] after
           ln_f, in compute_dtype}.
@@ -400,5 +408,6 @@ class GPT2Model(tf.Module):
             training,
             dropout_seed,
             compute_dtype,
+            with_logits,
         )
         return {"logits": logits, "hidden_states": hidden}

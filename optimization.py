@@ -42,6 +42,9 @@ LAMB_WD_EXCLUDE = ("bias", "beta")
 LAMB_WD_EXCLUDE_GROUPBERT = ("bias", "beta", "gamma")
 LAMB_ADAPTATION_EXCLUDE = ("bias", "beta", "gamma")
 ADAMW_WD_EXCLUDE = ("GroupNorm", "Group_Norm", "LayerNorm", "Layer_Norm", "bias")
+# GPT-2 (the reference's parameter groups): every 1-D tensor is exempt, i.e. the biases and the
+# LayerNorm scales (Hugging Face names "ln_1", "ln_2", "ln_f").
+WD_EXCLUDE_1D = ("/bias$", "/ln_[^/]+/weight$", "^transformer/ln_f/weight$")
 
 # NVLAMB divides gradients by max(global norm, this); mp-clip clips the global norm to it.
 CLIP_NORM = 1.0
@@ -280,10 +283,11 @@ class Adam(Optimizer):
 
 
 class AdamW(Optimizer):
-    """BERT-style AdamW (the reference's AdamWeightDecayOptimizer), always clipped at norm 1.0.
+    """BERT-style AdamW (the reference's AdamWeightDecayOptimizer), clipped at norm `clip_norm`
+    (1.0, the reference's; GPT-2 passes None: its AdamW does not clip).
 
-    u = m / (sqrt(v) + epsilon) + wd * w (no wd for names matching GroupNorm, Group_Norm,
-    LayerNorm, Layer_Norm, bias); w <- w - lr * u * c. With use_debiasing,
+    u = m / (sqrt(v) + epsilon) + wd * w (no wd for names matching `wd_exclude`, by default
+    GroupNorm, Group_Norm, LayerNorm, Layer_Norm, bias); w <- w - lr * u * c. With use_debiasing,
     c = sqrt(1 - beta2^(t+1)) / (1 - beta1^(t+1)) with the counter t starting at 1 (so the first
     step uses power 2, and c also scales the weight-decay term: reference quirks, kept);
     otherwise c = 1. The moments themselves are never bias-corrected.
@@ -295,11 +299,22 @@ class AdamW(Optimizer):
 
     name = "adamw"
 
-    def __init__(self, params, beta1, beta2, epsilon, weight_decay_rate, use_debiasing):
+    def __init__(
+        self,
+        params,
+        beta1,
+        beta2,
+        epsilon,
+        weight_decay_rate,
+        use_debiasing,
+        wd_exclude=ADAMW_WD_EXCLUDE,
+        clip_norm=CLIP_NORM,
+    ):
         self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
         self.weight_decay_rate = float(weight_decay_rate)
         self.use_debiasing = bool(use_debiasing)
-        super().__init__(params, clip_norm=CLIP_NORM)
+        self.wd_exclude = tuple(wd_exclude)
+        super().__init__(params, clip_norm=clip_norm)
 
     def _create_slots(self):
         for n in self.train_names:
@@ -323,7 +338,7 @@ class AdamW(Optimizer):
             m.assign(new_m)
             v.assign(new_v)
             update = new_m / (tf.sqrt(new_v) + self.epsilon)
-            if self.weight_decay_rate and not _matches(name, ADAMW_WD_EXCLUDE):
+            if self.weight_decay_rate and not _matches(name, self.wd_exclude):
                 update += self.weight_decay_rate * tf.cast(var, tf.float32)
             var.assign_sub(tf.cast(lr * update * correction, var.dtype))
         if self.counter is not None:
@@ -424,7 +439,7 @@ class Lamb(Optimizer):
             self.counter.assign_add([1])
 
 
-def make_optimizer(settings, params, lamb_wd_exclude=None):
+def make_optimizer(settings, params, wd_exclude=None, clip_norm=CLIP_NORM):
     """Build the optimizer named by `settings.optimizer` over `params`.
 
     Args:
@@ -432,8 +447,10 @@ def make_optimizer(settings, params, lamb_wd_exclude=None):
         attributes optimizer, momentum, beta1, beta2, epsilon, weight_decay_rate, use_debiasing,
         use_nvlamb, use_mpclip); their defaults live in the options schema only.
       params: ordered dict {name: tf.Variable} of the model.
-      lamb_wd_exclude: LAMB weight-decay exclusions (default LAMB_WD_EXCLUDE; GroupBERT passes
-        LAMB_WD_EXCLUDE_GROUPBERT).
+      wd_exclude: regexes of names exempt from weight decay in AdamW and LAMB (default
+        ADAMW_WD_EXCLUDE and LAMB_WD_EXCLUDE; GroupBERT passes LAMB_WD_EXCLUDE_GROUPBERT, GPT-2
+        WD_EXCLUDE_1D).
+      clip_norm: AdamW's global-norm clip (None: none).
 
     Returns:
       An Optimizer with `apply_gradients(grads, learning_rate)` and `slots`.
@@ -453,14 +470,20 @@ def make_optimizer(settings, params, lamb_wd_exclude=None):
     if name == "adam":
         return Adam(*adam_args)
     if name in ("adamw", "mpadamw"):
-        return AdamW(*adam_args, s.weight_decay_rate, s.use_debiasing)
+        return AdamW(
+            *adam_args,
+            s.weight_decay_rate,
+            s.use_debiasing,
+            wd_exclude or ADAMW_WD_EXCLUDE,
+            clip_norm,
+        )
     if name == "lamb":
         return Lamb(
             *adam_args,
             s.weight_decay_rate,
             s.use_debiasing,
             s.use_nvlamb,
-            lamb_wd_exclude or LAMB_WD_EXCLUDE,
+            wd_exclude or LAMB_WD_EXCLUDE,
             use_mpclip=s.use_mpclip,
         )
     raise UserError(

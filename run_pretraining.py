@@ -42,7 +42,10 @@ def main(argv=None):
         task.loss,
         task.dataset(),
         tokens_fn=task.tokens,
-        lamb_wd_exclude=optimization.LAMB_WD_EXCLUDE_GROUPBERT if task.config.groupbert else None,
+        # GroupBERT's LAMB exempts its norms' "gamma" too; AdamW keeps its own exclusions.
+        wd_exclude=optimization.LAMB_WD_EXCLUDE_GROUPBERT
+        if task.config.groupbert and task.cfg.optimizer.optimizer == "lamb"
+        else None,
         samples_per_epoch=task.samples_per_epoch,
         flops_per_sample=task.flops_per_sample(),
         evaluate=task.evaluator(model),

@@ -126,10 +126,21 @@ class Trainer:
       loss_fn: (model, features, training, dropout_seed, compute_dtype) -> dict of float32 scalars
         with "loss".
       tokens_fn: optional micro-batch features -> number of real tokens (traced), for tokens/s.
-      lamb_wd_exclude: LAMB weight-decay exclusions (regexes), e.g. GroupBERT's; default BERT's.
+      wd_exclude: weight-decay exclusions (regexes) of AdamW/LAMB, e.g. GroupBERT's or GPT-2's;
+        default BERT's.
+      clip_norm: AdamW's gradient clip (global norm; None = none), default BERT's 1.0.
     """
 
-    def __init__(self, cfg, strategy, model, loss_fn, tokens_fn=None, lamb_wd_exclude=None):
+    def __init__(
+        self,
+        cfg,
+        strategy,
+        model,
+        loss_fn,
+        tokens_fn=None,
+        wd_exclude=None,
+        clip_norm=optimization.CLIP_NORM,
+    ):
         loop = cfg.loop
         self.loop = loop
         self.tokens_fn = tokens_fn
@@ -143,7 +154,7 @@ class Trainer:
         fp16 = loop.precision == "16"
         with strategy.scope():
             self.optimizer = optimization.make_optimizer(
-                cfg.optimizer, model.params, lamb_wd_exclude
+                cfg.optimizer, model.params, wd_exclude, clip_norm
             )
             self.global_step = tf.Variable(
                 tf.constant(0, tf.int64),
@@ -397,6 +408,7 @@ def train(
     flops_per_sample=None,
     evaluate=None,
     notes=(),
+    line_format=None,
 ):
     """Runs `cfg.loop.num_train_steps` optimizer steps; returns a `TrainResult`.
 
@@ -409,6 +421,8 @@ def train(
       evaluate: optional callable(step) -> {name: float} of held-out metrics; run every
         `steps_per_eval` steps and after the last step.
       notes: lines to log once the run directory exists (e.g. what was loaded before the loop).
+      line_format: optional callable(step, epoch, metrics, samples/s, tokens/s, mfu or None,
+        step seconds, total seconds) -> the console line (default: BERT's reference line).
     """
     if cfg.loop.compile_only:
         return _compile_only(cfg, trainer, dataset)
@@ -422,9 +436,9 @@ def train(
         config=cfg.flat(),
     )
     try:
-        return _Loop(cfg, trainer, dataset, run, samples_per_epoch, evaluate).run(
-            flops_per_sample, notes
-        )
+        loop = _Loop(cfg, trainer, dataset, run, samples_per_epoch, evaluate)
+        loop.format_line = line_format or _format_line
+        return loop.run(flops_per_sample, notes)
     finally:
         run.close()
 
@@ -461,7 +475,8 @@ class _Loop:
         loop = cfg.loop
         cfg.save(os.path.join(run.dir, "arguments.json"))
         if hasattr(trainer.model, "config"):
-            trainer.model.config.to_json_file(os.path.join(run.dir, "bert_config.json"))
+            name = getattr(trainer.model, "config_file", "bert_config.json")
+            trainer.model.config.to_json_file(os.path.join(run.dir, name))
         run.log(f"run directory: {run.dir}")
         for line in notes:
             run.log(line)
@@ -549,7 +564,7 @@ class _Loop:
         mfu = sps * flops_per_sample / peak if peak else None
         epoch = (step + 1) * gbs / self.samples_per_epoch
         skipped = int(trainer.dynamic.skipped_steps.numpy()) if trainer.dynamic else 0
-        line = _format_line(step, epoch, m, sps, tps, mfu, elapsed, total_time)
+        line = self.format_line(step, epoch, m, sps, tps, mfu, elapsed, total_time)
         if trainer.dynamic is not None:
             line += f", loss_scale: {m['loss_scaling']:g}, skipped_steps: {skipped}"
         run.log(line)

@@ -102,11 +102,11 @@ def check_value(opt, value):
 
 
 def bool_from_text(text):
-    """true/1/yes/on or false/0/no/off (any case) -> bool; ValueError otherwise."""
+    """true/t/1/yes/y/on or false/f/0/no/n/off (any case) -> bool; ValueError otherwise."""
     lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
+    if lowered in ("true", "t", "1", "yes", "y", "on"):
         return True
-    if lowered in ("false", "0", "no", "off"):
+    if lowered in ("false", "f", "0", "no", "n", "off"):
         return False
     raise ValueError(text)
 

@@ -13,8 +13,11 @@ from .cosine_decay import CosineDecay
 from .custom import PiecewiseConstant
 from .natural_exponential import NaturalExponential
 from .polynomial_decay import PolynomialDecay
+from .warmup_decay import KINDS as WARMUP_DECAY_KINDS
+from .warmup_decay import WarmupDecay
 
-SCHEDULE_NAMES = ("polynomial_decay", "natural_exponential", "custom", "cosine_decay")
+SCHEDULE_NAMES = ("polynomial_decay", "natural_exponential", "custom", "cosine_decay",
+                  *WARMUP_DECAY_KINDS)  # fmt: skip
 # Accepted on input for the reference's CLI spelling `--lr-schedule polynomial`.
 _ALIASES = {"polynomial": "polynomial_decay"}
 
@@ -84,7 +87,8 @@ def make_lr_schedule(name, opts, total_steps):
     """Build the schedule `name` from the options dict.
 
     Args:
-      name: polynomial_decay | natural_exponential | custom | cosine_decay ("polynomial" is an
+      name: polynomial_decay | natural_exponential | custom | cosine_decay | constant | linear |
+        cosine (the last three: Hugging Face's, warmup_decay.py) ("polynomial" is an
         alias of polynomial_decay).
       opts: options dict; keys used: base_learning_rate, warmup, lr_power (polynomial/cosine),
         decay_steps and decay_rate (natural_exponential), lr_schedule_by_step (custom, whose
@@ -112,6 +116,9 @@ def make_lr_schedule(name, opts, total_steps):
         raise UserError(f"num_train_steps: {total_steps!r} is not a positive number of steps")
     base_lr = _require(opts, "base_learning_rate", name)
     warmup_steps = parse_warmup(opts.get("warmup"), total_steps)
+    if name in WARMUP_DECAY_KINDS:  # GPT-2's: decay_steps (if set) is the schedule length
+        length = opts.get("decay_steps") or total_steps
+        return WarmupDecay(name, base_lr, parse_warmup(opts.get("warmup"), length), length)
     if name == "natural_exponential":
         decay_steps, decay_rate = opts.get("decay_steps"), opts.get("decay_rate")
         if not (_is_number(decay_steps) and decay_steps > 0 and _is_number(decay_rate)):

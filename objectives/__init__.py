@@ -44,8 +44,8 @@ def fit(cfg, strategy, model, loss_fn, dataset, **kwargs):
     Args:
       cfg: options.RunConfig; strategy: the tf.distribute strategy the model was built under.
       model, loss_fn, dataset: as training.Trainer / training.train take them.
-      kwargs: tokens_fn, lamb_wd_exclude (Trainer); samples_per_epoch, flops_per_sample,
-        evaluate (train); init (callable(trainer) -> log lines, replacing the plain
+      kwargs: tokens_fn, wd_exclude, clip_norm (Trainer); samples_per_epoch, flops_per_sample,
+        evaluate, notes, line_format (train); init (callable(trainer) -> log lines, replacing the plain
         --init-checkpoint load, e.g. fine-tuning with fresh heads).
     Returns:
       training.TrainResult.
@@ -59,12 +59,13 @@ def fit(cfg, strategy, model, loss_fn, dataset, **kwargs):
         model,
         loss_fn,
         tokens_fn=kwargs.pop("tokens_fn", None),
-        lamb_wd_exclude=kwargs.pop("lamb_wd_exclude", None),
+        wd_exclude=kwargs.pop("wd_exclude", None),
+        **({"clip_norm": kwargs.pop("clip_norm")} if "clip_norm" in kwargs else {}),
     )
-    notes = []
+    notes = list(kwargs.pop("notes", ()))
     if not cfg.checkpoint.restore_dir and not cfg.loop.compile_only:
         if init is not None:
-            notes = init(trainer)
+            notes += init(trainer)
         elif cfg.checkpoint.init_checkpoint:
-            notes = initialise(cfg, trainer, cfg.checkpoint.init_checkpoint)
+            notes += initialise(cfg, trainer, cfg.checkpoint.init_checkpoint)
     return training.train(cfg, trainer, dataset, notes=notes, **kwargs)

@@ -1,39 +1,96 @@
-"""Causal language modelling (GPT-2): the shifted next-token loss and accuracy, one function shared
-by training and evaluation."""
+"""Causal language modelling (GPT-2): the next-token loss, its chunked form, data and the task.
+
+Every data source gives samples of `max_len + 1` token ids with a mask (1 token, 0 padding): the
+model reads ids[:, :-1] and predicts ids[:, 1:], so it sees `max_len` positions and padded targets
+never count. The loss is the mean cross-entropy over a micro-batch's counted targets (Hugging
+Face's GPT2LMHeadModel loss, the reference's CrossEntropyLoss(ignore_index=-100)); accumulated
+micro-batches average their means, as the reference did. The accuracy is the reference's: argmax
+== target over the counted targets.
+"""
+
+import os
+
+import numpy as np
+
+from common.errors import UserError
 
 
-def causal_lm_loss(logits, input_ids, mask=None):
-    """Mean next-token cross-entropy and accuracy over the real targets of a micro-batch.
 
-    Position t predicts input_ids[:, t + 1]; a target counts when mask[:, t + 1] is 1, so padded
-    tokens are never targets. This is Hugging Face's GPT2LMHeadModel loss with labels = input_ids
-    and -100 at padding, and the reference's CrossEntropyLoss(ignore_index=-100) on its shifted
-    labels. The accuracy is the reference's `calculate_acc`: argmax(logits) == target over the
-    counted targets, divided by their number.
 
-    Args:
-      logits: float32 (or float64) [B,S,V] from modeling_gpt2.GPT2Model.
-      input_ids: int32 [B,S], the model's input.
-      mask: optional [B,S] (1 token, 0 padding, any numeric or bool dtype); None = all tokens.
-    Returns:
-      dict of scalars in the logits' dtype: "loss" (mean CE), "acc" (token accuracy), and
-      "tokens" (number of counted targets). With no counted target, loss and acc are 0.
+
+def next_token_loss(logits, targets, weights):
+    """Mean CE and accuracy of logits [B,S,V] against targets [B,S] where weights [B,S] are 1.
+
+    Returns dict of scalars in the logits' dtype: "loss", "acc", "tokens" (counted targets);
+    loss and acc are 0 without a counted target.
     """
     import tensorflow as tf
 
-    targets = tf.cast(input_ids[:, 1:], tf.int32)  # [B,S-1]
-    predictions = logits[:, :-1]  # [B,S-1,V]
-    if mask is None:
-        weights = tf.ones_like(targets, logits.dtype)
-    else:
-        weights = tf.cast(tf.cast(mask[:, 1:], tf.bool), logits.dtype)  # [B,S-1]
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=predictions)
-    hits = tf.cast(
-        tf.equal(tf.argmax(predictions, -1, output_type=tf.int32), targets), logits.dtype
-    )
+    targets = tf.cast(targets, tf.int32)
+    weights = tf.cast(tf.cast(weights, tf.bool), logits.dtype)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), targets), logits.dtype)
     count = tf.reduce_sum(weights)
     return {
         "loss": tf.math.divide_no_nan(tf.reduce_sum(ce * weights), count),
         "acc": tf.math.divide_no_nan(tf.reduce_sum(hits * weights), count),
+        "tokens": count,
+    }
+
+
+def causal_lm_loss(logits, input_ids, mask=None):
+    """`next_token_loss` of logits [B,S,V] computed on input_ids [B,S] itself: position t predicts
+    input_ids[:, t + 1], counted where mask[:, t + 1] is 1 (None = every token)."""
+    import tensorflow as tf
+
+    targets = input_ids[:, 1:]
+    weights = tf.ones_like(targets) if mask is None else mask[:, 1:]
+    return next_token_loss(logits[:, :-1], targets, weights)
+
+
+def serialized_lm_loss(hidden, table, targets, weights, seq_chunk, vocab_chunks=1):
+    """`next_token_loss` from the final hidden states, the LM head applied chunk by chunk.
+
+    Each chunk of `seq_chunk` positions computes its logits [B,seq_chunk,V] (the matmul split into
+    `vocab_chunks` pieces along the vocabulary), its CE and hit sums, and is recomputed in the
+    backward pass, so at most one chunk's logits are alive. The result equals the unchunked loss
+    up to float rounding (the sums are token-weighted over the whole micro-batch: the reference's
+    chunks covered only its first sequence).
+
+    Args:
+      hidden: [B,S,E] after ln_f, in the compute dtype.
+      table: [V,E] token embedding (the tied head), in the compute dtype.
+      targets, weights: [B,S] next-token ids and their 0/1 weights.
+      seq_chunk: positions per chunk; vocab_chunks: pieces of the vocabulary matmul.
+    """
+    import tensorflow as tf
+
+    acc_dtype = tf.float64 if hidden.dtype == tf.float64 else tf.float32
+    seq = hidden.shape[1]
+    pieces = np.array_split(np.arange(table.shape[0]), vocab_chunks)
+    bounds = [(int(p[0]), int(p[-1]) + 1) for p in pieces if len(p)]
+
+    def chunk_sums(x, tab, t, w):
+        logits = tf.concat([tf.einsum("bse,ve->bsv", x, tab[lo:hi]) for lo, hi in bounds], -1)
+        logits = tf.cast(logits, acc_dtype)
+        w = tf.cast(tf.cast(w, tf.bool), acc_dtype)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=t, logits=logits)
+        hit = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), t), acc_dtype)
+        return tf.stack([tf.reduce_sum(ce * w), tf.reduce_sum(hit * w)])
+
+    targets = tf.cast(targets, tf.int32)
+    sums = []
+    for start in range(0, seq, seq_chunk):
+        end = min(seq, start + seq_chunk)
+        t, w = targets[:, start:end], weights[:, start:end]
+        # Both differentiated tensors are explicit inputs: recompute_grad gives no gradient to
+        # tensors a function merely closes over.
+        fn = tf.recompute_grad(lambda x, tab, t=t, w=w: chunk_sums(x, tab, t, w))
+        sums.append(fn(hidden[:, start:end], table))
+    total = tf.add_n(sums)
+    count = tf.reduce_sum(tf.cast(tf.cast(weights, tf.bool), acc_dtype))
+    return {
+        "loss": tf.math.divide_no_nan(total[0], count),
+        "acc": tf.math.divide_no_nan(total[1], count),
         "tokens": count,
     }
