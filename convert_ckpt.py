@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Convert BERT checkpoints between Google's TF1 format, Hugging Face folders and ours; export.
+"""Convert BERT (and GPT-2) checkpoints between Google's TF1 format, Hugging Face folders and ours; export.
 
     python3 convert_ckpt.py google2graphcore <google checkpoint prefix or folder> [options]
     python3 convert_ckpt.py graphcore2google <our checkpoint prefix or run dir> [options]
@@ -27,6 +27,11 @@ RoBERTa (model_type roberta runs, position_offset 2) converts to and from Huggin
 RobertaForMaskedLM (or RobertaModel without heads), with the tokenizer.json copied alongside.
 RobertaForMaskedLM has no pooler: graphcore2hf leaves ours out, hf2graphcore writes a zero one
 (BertModel has a pooler; the MLM head never reads it).
+
+GPT-2 (a Hugging Face folder or a run directory whose config.json has model_type gpt2) converts
+with hf2graphcore / graphcore2hf to and from GPT2LMHeadModel folders: renames only, bitwise, the
+tied LM head not stored, tokenizer files copied (interop_gpt2.convert); of the options only
+--output_dir, --force and --vocab_size apply.
 """
 
 import datetime
@@ -768,11 +773,11 @@ def convert_gpt2(args):
 
     _refuse_options(args, [o.key for o in CLI_OPTIONS if o.key not in _GPT2_KEYS])
     return interop_gpt2.convert(
-        args.command, args.checkpoint, args.output_dir, args.force, REPORT_FILE
+        args.command, args.checkpoint, args.output_dir, args.force, REPORT_FILE, args.vocab_size
     )
 
 
-_GPT2_KEYS = ("command", "checkpoint", "output_dir", "force")
+_GPT2_KEYS = ("command", "checkpoint", "output_dir", "force", "vocab_size")
 _CONVERTED_TYPES = (None, "bert", "roberta")
 
 

@@ -370,14 +370,30 @@ def _commit(stage, out):
         os.replace(os.path.join(stage, name), os.path.join(out, name))
 
 
-def convert(command, path, output_dir, force=False, report_file="conversion_report.json"):
+def resize_vocab(config, params, size):
+    """(config, params, note) with `transformer/wte/weight` truncated or zero-padded to `size` rows
+    (e.g. 50257 <-> 50272). The LM head is tied: a zero row is a zero logit for its id."""
+    wte = params["transformer/wte/weight"]
+    if size < 1:
+        raise UserError(f"--vocab_size must be positive, got {size}")
+    pad = np.zeros((max(size - wte.shape[0], 0), wte.shape[1]), wte.dtype)
+    params = {**params, "transformer/wte/weight": np.concatenate([wte[:size], pad])}
+    how = "truncated" if size < wte.shape[0] else "zero-padded (their logits are 0)"
+    note = f"transformer/wte/weight {how} from {wte.shape[0]} to {size} rows"
+    return config.replace(vocab_size=size), params, note
+
+
+def convert(
+    command, path, output_dir, force=False, report_file="conversion_report.json", vocab_size=None
+):
     """hf2graphcore / graphcore2hf for GPT-2: rename only, bitwise lossless, verified.
 
     hf2graphcore writes `ckpt-0` (model weights under our names) with config.json
     (`GPT2Config.to_hf_dict()`), a run directory `resolve_gpt2_source` reads. graphcore2hf writes a
-    GPT2LMHeadModel folder (`write_hf_gpt2`). Tokenizer files beside the source are copied. The
-    source is read and checked before anything is written; the output is staged in a temporary
-    directory beside `output_dir`, read back and compared bitwise, then moved into place.
+    GPT2LMHeadModel folder (`write_hf_gpt2`). Tokenizer files beside the source are copied.
+    `vocab_size` (optional) resizes the token embedding (`resize_vocab`). The source is read and
+    checked before anything is written; the output is staged in a temporary directory beside
+    `output_dir`, read back and compared bitwise, then moved into place.
 
     Returns:
       the report dict (also written to `output_dir/report_file`).
@@ -393,6 +409,9 @@ def convert(command, path, output_dir, force=False, report_file="conversion_repo
         what = "a Hugging Face GPT-2 folder" if kind == "hf" else "one of our GPT-2 checkpoints"
         raise UserError(f"{path} is {what}, not the input of {command}; use {other}")
     config, params, notes = resolve_gpt2_source(path)
+    if vocab_size is not None and vocab_size != config.vocab_size:
+        config, params, note = resize_vocab(config, params, vocab_size)
+        notes.append(note)
     source_dir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     tokenizer = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(source_dir, n))]
     if kind == "hf":

@@ -110,6 +110,19 @@ def test_round_trip_is_bitwise_and_transformers_loads_it(hf_folder, tmp_path):
     np.testing.assert_allclose(logits, hf_logits(hf_folder), atol=1e-5, rtol=0)
 
 
+def test_vocab_size_pads_and_truncates_the_embedding(hf_folder, tmp_path):
+    padded, back = str(tmp_path / "padded"), str(tmp_path / "back")
+    assert run("hf2graphcore", hf_folder, "--output-dir", padded, "--vocab-size", "112") == 0
+    config, params, _ = interop_gpt2.resolve_gpt2_source(padded)
+    wte = params["transformer/wte/weight"]
+    assert config.vocab_size == 112 and wte.shape == (112, 36) and not wte[101:].any()
+    assert run("graphcore2hf", padded, "--output-dir", back, "--vocab-size", "101") == 0
+    assert_same_bits(
+        load_file(os.path.join(hf_folder, "model.safetensors")),
+        load_file(os.path.join(back, "model.safetensors")),
+    )
+
+
 def simulated_run(run_dir, n_embd=SIZES["n_embd"], step=7):
     """What train_gpt2.py leaves: config.json, arguments.json, a checkpoint with optimizer slots."""
     config = GPT2Config(**{**SIZES, "n_embd": n_embd}, activation_function="gelu")
