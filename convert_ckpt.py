@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Convert BERT checkpoints between Google's TF1 format, Hugging Face folders and ours; export.
+"""Convert BERT (and GPT-2) checkpoints between Google's TF1 format, Hugging Face folders and ours; export.
 
     python3 convert_ckpt.py google2graphcore <google checkpoint prefix or folder> [options]
     python3 convert_ckpt.py graphcore2google <our checkpoint prefix or run dir> [options]
@@ -27,6 +27,11 @@ RoBERTa (model_type roberta runs, position_offset 2) converts to and from Huggin
 RobertaForMaskedLM (or RobertaModel without heads), with the tokenizer.json copied alongside.
 RobertaForMaskedLM has no pooler: graphcore2hf leaves ours out, hf2graphcore writes a zero one
 (BertModel has a pooler; the MLM head never reads it).
+
+GPT-2 (a Hugging Face folder or a run directory whose config.json has model_type gpt2) converts
+with hf2graphcore / graphcore2hf to and from GPT2LMHeadModel folders: renames only, bitwise, the
+tied LM head not stored, tokenizer files copied (interop_gpt2.convert); of the options only
+--output_dir, --force and --vocab_size apply.
 """
 
 import datetime
@@ -692,11 +697,7 @@ def _research_config(args, prefix, apps_tensors, notes):
 
 def convert_research(args):
     """research2apps / apps2research; returns the report dict (also written to the output dir)."""
-    given = [flags[0] for key, flags in SWITCH_FLAGS if getattr(args, key) is not None]
-    given += ["--drop_heads"] * bool(args.drop_heads)
-    given += ["--keep_optimizer_slots"] * args.keep_optimizer_slots
-    if given:
-        raise UserError(f"{args.command} does not take {', '.join(given)}")
+    _refuse_options(args, [key for key, _ in SWITCH_FLAGS] + ["drop_heads", "keep_optimizer_slots"])
     if args.num_embeddings_splits != 1:
         raise UserError("--num_embeddings_splits: only 1 is supported (one word-embedding table)")
     prefix = interop.resolve_tf_checkpoint(args.checkpoint)
@@ -756,10 +757,55 @@ def convert_research(args):
     return report
 
 
+# ----------------------------------------------------------------------------- GPT-2
+
+
+def _refuse_options(args, keys):
+    """One-line UserError naming the options among `keys` that were set: args.command ignores them."""
+    given = [o.flags[0] for o in CLI_OPTIONS if o.key in keys and getattr(args, o.key) != o.default]
+    if given:
+        raise UserError(f"{args.command} does not take {', '.join(given)}")
+
+
+def convert_gpt2(args):
+    """hf2graphcore / graphcore2hf of a GPT-2 source (interop_gpt2.convert); returns the report."""
+    import interop_gpt2  # imports TensorFlow: only when converting, so --help stays light
+
+    _refuse_options(args, [o.key for o in CLI_OPTIONS if o.key not in _GPT2_KEYS])
+    return interop_gpt2.convert(
+        args.command, args.checkpoint, args.output_dir, args.force, REPORT_FILE, args.vocab_size
+    )
+
+
+_GPT2_KEYS = ("command", "checkpoint", "output_dir", "force", "vocab_size")
+_CONVERTED_TYPES = (None, "bert", "roberta")
+
+
+def _model_type(path):
+    """The model_type of a config.json in a folder or beside a prefix (None if none)."""
+    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(config_path):
+        return None
+    d = read_json(config_path, "model config")
+    model_type = d.get("model_type") if isinstance(d, dict) else None
+    if model_type not in (*_CONVERTED_TYPES, "gpt2"):
+        raise UserError(
+            f"{config_path}: model_type {model_type!r} is not one this converts "
+            "(bert, roberta, gpt2)"
+        )
+    return model_type
+
+
 @cli_main
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    report = convert_research(args) if args.command in RESEARCH_COMMANDS else convert(args)
+    if args.command in RESEARCH_COMMANDS:
+        report = convert_research(args)
+    elif _model_type(args.checkpoint) == "gpt2":
+        report = convert_gpt2(args)
+    else:
+        report = convert(args)
     print(f"{args.command}: {report['source']} ({report['source_format']}) -> {report['output']}")
     print(f"  {report['tensors']} model tensors, heads: {', '.join(report['heads']) or 'none'}; "
           f"optimizer state {report['optimizer_state']}")  # fmt: skip
