@@ -45,8 +45,13 @@ OPTIMIZERS = {  # reference name -> (our optimizer, bias correction)
 cli.KINDS.setdefault(
     "int_list",
     (
-        lambda v: isinstance(v, int) and not isinstance(v, bool)
-        or isinstance(v, list) and v and all(isinstance(i, int) for i in v),
+        lambda v: (
+            isinstance(v, int)
+            and not isinstance(v, bool)
+            or isinstance(v, list)
+            and v
+            and all(isinstance(i, int) for i in v)
+        ),
         "an integer or a list of integers",
     ),
 )
@@ -88,6 +93,11 @@ OPTIONS = [
           "or text files; several: comma-separated or space-separated", nargs="+"),
         O("vocab_file", "str", None, "--dataset text: GPT-2 vocab.json (or encoder.json)"),
         O("merges_file", "str", None, "--dataset text: GPT-2 merges.txt (or vocab.bpe)"),
+        O("eval_files", "str", None, "held-out plain text (comma-separated), tokenized with "
+          "--vocab-file/--merges-file: token-level loss and perplexity at the end of training "
+          "(and every eval_steps host iterations)", nargs="+"),
+        O("eval_steps", "int", None, "held-out evaluation period in host iterations; null = at "
+          "the end only"),
         O("stride", "int", 128, "pickle: window stride in tokens"),
         O("seed", "int", 1234, "seed of the model's initial values, the data order and dropout"),
         O("num_workers", "int", 4, "parallel reads and parses of the input pipeline"),
@@ -270,11 +280,14 @@ def _validate(v):
         _fail("set --dataset: " + ", ".join(DATASETS) + " (or the seed-era --train-path)")
     if v["dataset"] != "generated" and not v["input_files"]:
         _fail(f"--dataset {v['dataset']} needs --input-files")
-    if v["dataset"] == "text" and not (v["vocab_file"] and v["merges_file"]):
-        _fail("--dataset text needs --vocab-file (vocab.json) and --merges-file (merges.txt)")
+    for key, needs in (("dataset", v["dataset"] == "text"), ("eval_files", v["eval_files"])):
+        if needs and not (v["vocab_file"] and v["merges_file"]):
+            what = "--dataset text" if key == "dataset" else "--eval-files"
+            _fail(f"{what} needs --vocab-file (vocab.json) and --merges-file (merges.txt)")
     for key in ("max_len", "batch_size", "gradient_accumulation", "replication_factor",
                 "device_iterations", "epochs", "training_steps", "log_steps", "save_per_epochs",
-                "serialized_seq_len", "embedding_serialization_factor", "stride", "max_to_keep"):  # fmt: skip
+                "serialized_seq_len", "embedding_serialization_factor", "stride", "max_to_keep",
+                "eval_steps"):  # fmt: skip
         if v[key] is not None and v[key] < 1:
             _fail(f"--{key.replace('_', '-')} must be >= 1, got {v[key]}")
     for key in ("save_per_steps", "lr_decay_steps"):
@@ -285,7 +298,9 @@ def _validate(v):
     if not 0 <= v["lr_warmup"] < 1:
         _fail(f"--lr-warmup is a fraction in [0, 1), got {v['lr_warmup']}")
     if v["weight_decay"] and v["optimizer"] == "Adam":
-        _fail("--weight-decay needs --optimizer AdamW, LAMB or LAMBNoBiasCorrection (Adam has none)")
+        _fail(
+            "--weight-decay needs --optimizer AdamW, LAMB or LAMBNoBiasCorrection (Adam has none)"
+        )
     if v["loss_scaling"] <= 0:
         _fail(f"--loss-scaling must be > 0, got {v['loss_scaling']}")
     if v["resume_training_from_checkpoint"] and not v["checkpoint_input_dir"]:
@@ -322,8 +337,9 @@ def parse(argv=None, description=""):
     for where, values in (("config", config), ("cli", given)):
         v.update(values)
         explicit.update(dict.fromkeys(values, where))
-    if isinstance(v["input_files"], list):
-        v["input_files"] = ",".join(v["input_files"])
+    for key in ("input_files", "eval_files"):
+        if isinstance(v[key], list):
+            v[key] = ",".join(v[key])
     _resolve_seed_era(v, explicit)
     _validate(v)
     _warn_ignored(v, explicit)
@@ -374,6 +390,7 @@ def _to_run_config(v, explicit, config_path):
         logging=options.defaults(
             "logging",
             steps_per_logs=v["log_steps"] * v["device_iterations"],
+            steps_per_eval=(v["eval_steps"] or 0) * v["device_iterations"],
             wandb=v["use_wandb"],
             wandb_project=v["wandb_project"],
         ),

@@ -71,15 +71,21 @@ def main(argv=None):
         samples_per_epoch=task.num_samples,
         flops_per_sample=task.flops_per_sample(),
         notes=task.notes,
+        evaluate=task.evaluator(model),
         line_format=line_format(task.steps_per_epoch, cfg.loop.device_iterations),
     )
     if result.run_dir and not result.stopped:
         import interop_gpt2
 
         folder = os.path.join(result.run_dir, "hf")
-        interop_gpt2.write_hf_gpt2(folder, task.config, {n: v.numpy() for n, v in model.params.items()})
+        interop_gpt2.write_hf_gpt2(
+            folder, task.config, {n: v.numpy() for n, v in model.params.items()}
+        )
         print(f"Hugging Face folder of the final weights: {folder}")
-    if result.metrics:
+    if result.evaluation:
+        e = result.evaluation
+        print(f"final: eval_loss: {e['loss']:.4f}, eval_ppl: {e['ppl']:.2f}")
+    elif result.metrics:
         m = result.metrics
         print(f"final: loss: {m['loss']:.4f}, acc: {m['acc']:.4f}")
     return 0

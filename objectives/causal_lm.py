@@ -8,14 +8,7 @@ micro-batches average their means, as the reference did. The accuracy is the ref
 == target over the counted targets.
 """
 
-import os
-
 import numpy as np
-
-from common.errors import UserError
-
-
-
 
 
 def next_token_loss(logits, targets, weights):

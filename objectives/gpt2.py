@@ -85,7 +85,9 @@ class GPT2Task:
         layers = a.recompute_checkpoint_layers
         config = config.replace(
             recompute=bool(a.recompute_checkpoint_every_layer),
-            recompute_layers=tuple(layers) if a.recompute_checkpoint_every_layer and layers else None,
+            recompute_layers=tuple(layers)
+            if a.recompute_checkpoint_every_layer and layers
+            else None,
         )
         stages = a.layers_per_ipu
         if stages:
@@ -188,19 +190,62 @@ class GPT2Task:
             rows = readers.pickle_samples(a.input_files, a.max_len, a.stride)
             self.arrays = _padded(rows, width)
         else:  # text
-            from gpt2_data import readers, tokenizer
-
-            tok = tokenizer.load(a.vocab_file, a.merges_file)
-            files = [p for p in a.input_files.split(",") if p]
-            for p in files:
-                if not os.path.isfile(p):
-                    raise UserError(f"--input-files: no such file {p}")
-            ids = readers.text_blocks(files, tok, a.max_len)
-            self.arrays = (ids.astype(np.int32), np.ones(ids.shape, np.int32))
-            self.notes.append(f"text: {len(ids)} blocks of {a.max_len} positions from {len(files)} file(s)")
+            ids = self._text_blocks(a.input_files, "--input-files")
+            self.arrays = (ids, np.ones(ids.shape, np.int32))
+        self.eval_blocks = self._text_blocks(a.eval_files, "--eval-files") if a.eval_files else None
         if self.arrays is not None:
             self.num_samples = len(self.arrays[0])
             _check_ids(self.arrays[0], vocab, a.input_files or "generated data")
+
+    def _text_blocks(self, paths, flag):
+        """int32 [N, max_len + 1] blocks of the comma-separated text files `paths`."""
+        from gpt2_data import readers, tokenizer
+
+        a = self.cfg.a
+        files = [p for p in paths.split(",") if p]
+        for path in files:
+            if not os.path.isfile(path):
+                raise UserError(f"{flag}: no such file {path}")
+        tok = tokenizer.load(a.vocab_file, a.merges_file)
+        if tok.vocab_size > self.config.vocab_size:
+            raise UserError(
+                f"--vocab-file {a.vocab_file} has {tok.vocab_size} tokens, more than the model's "
+                f"vocab_size {self.config.vocab_size}"
+            )
+        ids = readers.text_blocks(files, tok, a.max_len).astype(np.int32)
+        self.notes.append(
+            f"{flag}: {len(ids)} blocks of {a.max_len} positions ({ids.size - len(ids):,} "
+            f"targets) from {len(files)} file(s)"
+        )
+        return ids
+
+    def evaluator(self, model):
+        """callable(step) -> {"loss", "ppl", "tokens"}: mean next-token CE over every target of
+        --eval-files (no dropout) and its exponential, the token-level perplexity; None without
+        eval files."""
+        if self.eval_blocks is None:
+            return None
+        import tensorflow as tf
+
+        dtype = tf.as_dtype(self.cfg.loop.compute_dtype)
+        blocks = self.eval_blocks
+        batch = max(1, self.cfg.loop.micro_batch_size)
+
+        @tf.function(jit_compile=bool(self.cfg.loop.xla))
+        def sums(ids):
+            logits = model(ids[:, :-1], None, False, None, dtype)["logits"]
+            out = causal_lm.next_token_loss(logits, ids[:, 1:], tf.ones_like(ids[:, 1:]))
+            return out["loss"] * out["tokens"], out["tokens"]
+
+        def evaluate(step):
+            ce = count = 0.0
+            for start in range(0, len(blocks), batch):
+                s, n = sums(tf.constant(blocks[start : start + batch]))
+                ce, count = ce + float(s), count + float(n)
+            loss = ce / count
+            return {"loss": loss, "ppl": float(np.exp(loss)), "tokens": count}
+
+        return evaluate
 
     def _read_mmap(self, width):
         from gpt2_data import megatron
@@ -306,6 +351,9 @@ def _in_memory(arrays, batch_size, seed):
     def load(ks):
         got_ids, got_mask = tf.numpy_function(fetch, [ks], (tf.int32, tf.int32), stateful=False)
         shape = [batch_size, width]
-        return {"input_ids": tf.ensure_shape(got_ids, shape), "mask": tf.ensure_shape(got_mask, shape)}
+        return {
+            "input_ids": tf.ensure_shape(got_ids, shape),
+            "mask": tf.ensure_shape(got_mask, shape),
+        }
 
     return tf.data.Dataset.range(2**62).batch(batch_size, drop_remainder=True).map(load)

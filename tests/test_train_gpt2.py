@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,9 +55,9 @@ def test_generated_data_trains_with_the_reference_log_line(capsys, tiny_config, 
     assert losses[0] == pytest.approx(np.log(97), abs=0.3)  # untrained: about uniform
     assert losses[-4:].mean() < losses[:4].mean() - 0.2  # the 16 random samples are being learnt
     (run_dir,) = glob.glob(str(tmp_path / "gpt2_adamw_*"))
-    saved = json.load(open(os.path.join(run_dir, "arguments.json")))
+    saved = json.loads(Path(run_dir, "arguments.json").read_text())
     assert saved["max_len"] == 12 and saved["optimizer"] == "AdamW"
-    assert json.load(open(os.path.join(run_dir, "config.json")))["n_positions"] == 12
+    assert json.loads(Path(run_dir, "config.json").read_text())["n_positions"] == 12
     assert os.path.isfile(os.path.join(run_dir, "hf", "model.safetensors"))
 
 
@@ -182,7 +183,9 @@ def test_reference_commands_parse_and_warn_once(capsys, command):
     assert err.count("IPU-only flags have no effect") == 1, err
     assert cfg.a.dataset == "generated"
     a = cfg.a
-    assert cfg.loop.global_batch_size == a.batch_size * a.gradient_accumulation * a.replication_factor
+    assert (
+        cfg.loop.global_batch_size == a.batch_size * a.gradient_accumulation * a.replication_factor
+    )
     assert cfg.loop.replicas == a.replication_factor
 
 
@@ -203,7 +206,10 @@ def test_seed_era_aliases(capsys, tmp_path):
         ([], "set --dataset"),
         (["--dataset", "mmap"], "needs --input-files"),
         (["--train-path", "generated", "--dataset", "mmap"], "means --dataset generated"),
-        (["--dataset", "generated", "--optimizer", "Adam", "--weight-decay", "0.1"], "Adam has none"),
+        (
+            ["--dataset", "generated", "--optimizer", "Adam", "--weight-decay", "0.1"],
+            "Adam has none",
+        ),
         (["--dataset", "generated", "--lr-warmup", "1.5"], "fraction in [0, 1)"),
         (["--dataset", "generated", "--batch-size", "0"], "--batch-size must be >= 1"),
         (["--dataset", "generated", "--resume-training-from-checkpoint"], "needs --checkpoint"),
@@ -227,7 +233,11 @@ def fails(capsys, argv, message):
 
 def test_bad_model_settings_fail_before_training(capsys, tiny_config, tmp_path):
     args = tiny_args(tiny_config, tmp_path / "out")
-    fails(capsys, args + ["--layers-per-ipu", 1, 2], "--layers-per-ipu 1 2 sums to 3, but the model has 2")
+    fails(
+        capsys,
+        args + ["--layers-per-ipu", 1, 2],
+        "--layers-per-ipu 1 2 sums to 3, but the model has 2",
+    )
     small = tmp_path / "small.pkl"
     small.write_bytes(pickle.dumps([list(range(1, 30)), list(range(5, 20))]))
     data = ["--dataset", "pickle", "--input-files", small]
@@ -248,3 +258,115 @@ def test_weight_decay_spares_every_1d_tensor(tiny_config):
     params = modeling_gpt2.GPT2Model(GPT2Config.from_json_file(tiny_config)).params
     exempt = {n for n in params if optimization._matches(n, optimization.WD_EXCLUDE_1D)}
     assert exempt == {n for n, v in params.items() if len(v.shape) == 1}
+
+
+DATA = os.environ.get("SHARED_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
+VOCAB = os.path.join(DATA, "vocab", "gpt2", "encoder.json")
+MERGES = os.path.join(DATA, "vocab", "gpt2", "vocab.bpe")
+WIKI = os.path.join(DATA, "wikitext-2")
+needs_data = pytest.mark.skipif(
+    not os.path.isfile(VOCAB) or not os.path.isdir(WIKI),
+    reason=f"GPT-2 vocabulary and WikiText-2 not found under {DATA} (set SHARED_DATA)",
+)
+
+
+@pytest.fixture(scope="module")
+def wiki_texts(tmp_path_factory):
+    """The first ~12 KB of wiki.valid.raw and ~4 KB of wiki.test.raw, as files."""
+    out = tmp_path_factory.mktemp("wiki")
+    paths = []
+    for name, size in (("wiki.valid.raw", 12_000), ("wiki.test.raw", 4_000)):
+        text = Path(WIKI, name).read_text(encoding="utf-8")[:size]
+        (out / name).write_text(text, encoding="utf-8")
+        paths.append(str(out / name))
+    return paths
+
+
+def gpt2_vocab_config(tmp_path):
+    path = tmp_path / "vocab_config.json"
+    path.write_text(json.dumps({**TINY, "vocab_size": 50257}))
+    return str(path)
+
+
+@needs_data
+def test_every_data_source_trains(capsys, tmp_path, wiki_texts):
+    """text (with held-out perplexity), mmap (Megatron files of our preprocess_data), tfrecord and
+    pickle (ids of the same text): each trains two host iterations from the same flags."""
+    import tensorflow as tf
+
+    from gpt2_data import preprocess_data, tokenizer
+
+    train, test = wiki_texts
+    config = gpt2_vocab_config(tmp_path)
+    tok = tokenizer.load(VOCAB, MERGES)
+    paragraphs = [p for p in Path(train).read_text(encoding="utf-8").split("\n \n") if p.strip()]
+    docs = [tok.encode(p) for p in paragraphs]
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs))
+    assert preprocess_data.main(["--input", str(jsonl), "--output-prefix", str(tmp_path / "wiki"),
+                                 "--vocab-file", VOCAB, "--merge-file", MERGES,
+                                 "--append-eod"]) in (0, None)  # fmt: skip
+    pkl = tmp_path / "docs.pkl"
+    pkl.write_bytes(pickle.dumps(docs))
+    rec = str(tmp_path / "docs.tfrecord")
+    with tf.io.TFRecordWriter(rec) as w:
+        for d in docs:
+            feature = tf.train.Feature(int64_list=tf.train.Int64List(value=d[:14]))
+            w.write(tf.train.Example(features=tf.train.Features(
+                feature={"input_ids": feature})).SerializeToString())  # fmt: skip
+    sources = {
+        "text": ["--input-files", train, "--eval-files", test],
+        "mmap": ["--input-files", str(tmp_path / "wiki_text_document")],
+        "tfrecord": ["--input-files", str(tmp_path / "docs*.tfrecord")],
+        "pickle": ["--input-files", str(pkl), "--stride", 6],
+    }
+    for dataset, extra in sources.items():
+        args = tiny_args(config, tmp_path / dataset, "--training-steps", 4)
+        args[args.index("generated")] = dataset
+        code, out, err = run(capsys, *args, *extra, "--vocab-file", VOCAB, "--merges-file", MERGES)
+        assert code == 0, (dataset, err)
+        losses = [float(x) for x in _losses(out)]
+        assert len(losses) == 2 and all(np.isfinite(losses)), (dataset, out)
+        assert losses[0] == pytest.approx(np.log(50257), abs=0.5), dataset
+        if dataset == "text":
+            match = re.search(
+                r"^eval at step 3: loss: ([\d.]+), ppl: ([\d.]+), tokens: ([\d.]+)", out, re.M
+            )
+            assert match, out
+            loss, ppl, tokens = map(float, match.groups())
+            assert ppl == pytest.approx(np.exp(loss), rel=1e-4)
+            assert (
+                tokens == (len(tok.encode(Path(test).read_text(encoding="utf-8"))) - 1) // 12 * 12
+            )
+        if dataset == "mmap":  # one sequence per paragraph; the last 0.3% (here: 1) held out
+            assert f"{len(docs)} documents ({len(docs) - 1} train)" in out, out
+
+
+def _tiny_hf_folder(path):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=97, n_positions=16, n_embd=24, n_layer=2, n_head=3)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def test_starts_from_a_hugging_face_folder(capsys, tmp_path):
+    """--checkpoint-input-dir HF folder: its config is the model's; at learning rate 0 the final
+    Hugging Face export equals the input bitwise."""
+    from safetensors.numpy import load_file
+
+    folder = _tiny_hf_folder(str(tmp_path / "hf_in"))
+    args = ["--checkpoint-input-dir", folder, "--max-len", 12, "--dataset", "generated",
+            "--batch-size", 2, "--device-iterations", 1, "--training-steps", 2,
+            "--learning-rate", 0, "--xla", "false", "--checkpoint-output-dir", tmp_path / "out"]  # fmt: skip
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert "initialised 28 tensors from" in out
+    (run_dir,) = glob.glob(str(tmp_path / "out" / "gpt2_*"))
+    before = load_file(os.path.join(folder, "model.safetensors"))
+    after = load_file(os.path.join(run_dir, "hf", "model.safetensors"))
+    assert set(after) <= set(before) and len(after) == 28
+    for name in after:
+        assert before[name].tobytes() == after[name].tobytes(), name
