@@ -15,6 +15,7 @@ import tensorflow as tf
 from bert_data import create_bpe_tokenizer, create_mlm_data, mlm, records
 from bert_data.records import parse_example
 from common.errors import UserError
+from tests.run_outputs import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "bert_data", "sample.txt")
@@ -360,11 +361,7 @@ STEP = re.compile(r"^step: (\d+), .*?mlm_loss: ([\d.]+), mlm_acc: ([\d.]+) %", r
 
 
 def cli(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "run_pretraining.py"), *args],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+    return run_script(os.path.join(ROOT, "run_pretraining.py"), *args)
 
 
 def test_tiny_roberta_trains_on_sample_data(sample_mlm, tokenizer_dir, tmp_path):

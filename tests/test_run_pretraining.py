@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.run_outputs import run_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "pretrain_tiny*.json")))
 TINY = os.path.join(ROOT, "configs", "pretrain_tiny_128_lamb.json")
@@ -20,10 +22,7 @@ STEP_LINE = re.compile(r"^step: (\d+), .*mlm_loss: ([\d.]+), nsp_loss: ([\d.]+)"
 
 
 def cli(*args, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return run_script(SCRIPT, *args, timeout=timeout)
 
 
 def local(capsys, *args):

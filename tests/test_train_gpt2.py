@@ -289,7 +289,7 @@ def gpt2_vocab_config(tmp_path):
 
 
 @needs_data
-def test_every_data_source_trains(capsys, tmp_path, wiki_texts):
+def test_every_data_source_trains(capsys, tmp_path, wiki_texts, tiny_config):
     """text (with held-out perplexity), mmap (Megatron files of our preprocess_data), tfrecord and
     pickle (ids of the same text): each trains two host iterations from the same flags."""
     import tensorflow as tf
@@ -340,6 +340,10 @@ def test_every_data_source_trains(capsys, tmp_path, wiki_texts):
             )
         if dataset == "mmap":  # one sequence per paragraph; the last 0.3% (here: 1) held out
             assert f"{len(docs)} documents ({len(docs) - 1} train)" in out, out
+            small_vocab = tiny_args(tiny_config, tmp_path / "x", "--training-steps", 4)
+            small_vocab[small_vocab.index("generated")] = "mmap"
+            fails(capsys, small_vocab + extra, "wiki_text_document.bin: token id ")
+            assert not os.path.exists(tmp_path / "x")
 
 
 def _tiny_hf_folder(path):
