@@ -16,9 +16,10 @@ and off (its best is compared), bf16 by the mixed_bfloat16 policy. transformers 
 Each measurement runs in its own subprocess (no shared memory or threads), one after the other, by
 benchmarks/pretraining.py's helpers: compile and warm up, then time `--steps` steps and keep the
 median. MFU = model FLOPs (`modeling_gpt2.flops_per_token(config, seq) * seq` per sequence, forward
-+ backward, the same count for all three) / the best matmul peak (`training.measured_peak_flops`)
-measured in any of the run's TensorFlow processes for that dtype. Peak RSS is the subprocess's own
-maximum resident set; "first s" is the first step (tracing and compiling included).
++ backward, as train_gpt2.py counts them; our worker's count serves all three) / the best matmul
+peak (`training.measured_peak_flops`) measured in any of the run's TensorFlow processes for that
+dtype. Peak RSS is the subprocess's own maximum resident set; "first s" is the first step (tracing
+and compiling included).
 
     python3 benchmarks/gpt2.py [--seq 512,1024] [--micro-batch 4,2] [--precisions 32,bf16]
         [--steps 5] [--warmup 1] [--xla both|on|off] [--keras-xla both|on|off] [--no-keras]
@@ -155,7 +156,11 @@ def worker_ours(args):
     )
     first, times, others, metrics = time_trainer(trainer, task.dataset(), args.warmup, args.steps)
     peak = training.measured_peak_flops(trainer.compute_dtype)
-    return _result(args, first, times, others, metrics["loss"], peak, xla=bool(cfg.loop.xla))
+    flops = task.flops_per_sample()  # modeling_gpt2.flops_per_token(config, seq) * seq
+    return _result(
+        args, first, times, others, metrics["loss"], peak, xla=bool(cfg.loop.xla),
+        flops_per_sequence=flops,
+    )  # fmt: skip
 
 
 def worker_keras(args):
@@ -227,7 +232,7 @@ def worker_torch(args):
 WORKERS = {"ours": worker_ours, "keras-hub": worker_keras, "transformers": worker_torch}
 
 
-def run_worker(kind, seq, micro_batch, precision, xla, args, config_file, flops_per_sequence):
+def run_worker(kind, seq, micro_batch, precision, xla, args, config_file):
     """One measurement in a fresh interpreter; returns its result dict."""
     cmd = [
         sys.executable, os.path.abspath(__file__), "--worker", kind, "--precision", precision,
@@ -241,7 +246,6 @@ def run_worker(kind, seq, micro_batch, precision, xla, args, config_file, flops_
     )
     result = measure(cmd, label, args.wait_quiet, micro_batch)
     result.update(system=kind, seq=seq, micro_batch=micro_batch, precision=precision)
-    result["flops_per_sequence"] = flops_per_sequence
     result["tokens_per_s"] = result["seq_per_s"] * seq
     return result
 
@@ -341,29 +345,27 @@ def main():
     if not args.no_torch:
         systems["transformers"] = [False]
 
-    import model_config_gpt2
-    import modeling_gpt2
-
     with tempfile.TemporaryDirectory() as folder:
         config_file = write_config(args, folder)
-        config = model_config_gpt2.GPT2Config.from_json_file(config_file or CONFIG)
+        config = _model_config(config_file or CONFIG)
         print(
-            f"GPT-2 training step, {config.n_layer} layers, hidden {config.n_embd}, "
-            f"{config.n_head} heads, vocab {config.vocab_size}; {os.cpu_count()} CPUs; "
+            f"GPT-2 training step, {config['n_layer']} layers, hidden {config['n_embd']}, "
+            f"{config['n_head']} heads, vocab {config['vocab_size']}; {os.cpu_count()} CPUs; "
             f"{args.steps} timed steps after {args.warmup} warm-up",
             flush=True,
         )
         results = []
         for seq, micro_batch in zip(seqs, batches):
-            flops = modeling_gpt2.flops_per_token(config, seq) * seq
             for precision in precisions:
                 for kind, settings in systems.items():
                     for xla in settings:
                         results.append(
-                            run_worker(
-                                kind, seq, micro_batch, precision, xla, args, config_file, flops
-                            )
+                            run_worker(kind, seq, micro_batch, precision, xla, args, config_file)
                         )
+                # One FLOP count for all: ours' (modeling_gpt2.flops_per_token), run first.
+                flops = _best(results, system="ours", seq=seq)["flops_per_sequence"]
+                for r in results:
+                    r.setdefault("flops_per_sequence", flops)
     peaks = add_mfu(results)
     for seq in seqs:
         for precision in precisions:
