@@ -87,6 +87,24 @@ def _time_steps(run_step, warmup, steps):
     return first, times, others
 
 
+def time_trainer(trainer, dataset, warmup, steps):
+    """`_time_steps` of a `training.Trainer`'s compiled step on elements of `dataset`.
+
+    Returns:
+      (first-call seconds, per-step seconds, per-step other cores, the last step's metrics).
+    """
+    step_fn = trainer.step_function()
+    iterator = iter(dataset)
+    metrics = {}
+
+    def run_step():
+        # As the training loop: fetch an element, run the step, read every metric back.
+        out, _ = step_fn([next(iterator)])
+        metrics.update({k: float(v[-1]) for k, v in out.items()})
+
+    return (*_time_steps(run_step, warmup, steps), metrics)
+
+
 def worker_ours(args):
     sys.path.insert(0, ROOT)
     import modeling
@@ -99,16 +117,7 @@ def worker_ours(args):
     strategy = training.make_strategy(cfg.loop.replicas)
     model = task.build_model(strategy)
     trainer = training.Trainer(task.cfg, strategy, model, task.loss, tokens_fn=task.tokens)
-    step_fn = trainer.step_function()
-    iterator = iter(task.dataset())
-    metrics = {}
-
-    def run_step():
-        # As the training loop: fetch an element, run the step, read every metric back.
-        out, _ = step_fn([next(iterator)])
-        metrics.update({k: float(v[-1]) for k, v in out.items()})
-
-    first, times, others = _time_steps(run_step, args.warmup, args.steps)
+    first, times, others, metrics = time_trainer(trainer, task.dataset(), args.warmup, args.steps)
     configured = options.parse_options(_our_argv(args.precision, None, args.layout)).loop.xla
     return {
         "xla": bool(cfg.loop.xla),
@@ -145,12 +154,6 @@ def worker_keras(args):
         max_sequence_length=512,
     )
     model = keras_hub.models.BertMaskedLM(backbone=backbone, preprocessor=None)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.01),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
-        jit_compile=not args.keras_no_xla,
-    )
     rng = np.random.default_rng(0)
     positions = np.sort(
         np.argsort(rng.random((MICRO_BATCH, SEQ - 1)), axis=1)[:, :MASKS] + 1, axis=1
@@ -165,12 +168,9 @@ def worker_keras(args):
     }
     y = rng.integers(5, args.vocab_size, (MICRO_BATCH, MASKS)).astype(np.int32)
     weights = np.ones((MICRO_BATCH, MASKS), np.float32)
-    losses = []
-
-    def run_step():
-        losses.append(float(model.train_on_batch(x, y, sample_weight=weights)[0]))
-
-    first, times, others = _time_steps(run_step, args.warmup, args.steps)
+    first, times, others, loss = time_keras(
+        model, (x, y, weights), 0.01, not args.keras_no_xla, args.warmup, args.steps
+    )
     # Our FLOP count plus the MLM transform layer keras-hub has, minus NSP (negligible).
     config = modeling.BertConfig(vocab_size=args.vocab_size, use_cls_layer=True)
     dtype = {"32": "float32", "bf16": "bfloat16"}[args.precision]
@@ -184,8 +184,32 @@ def worker_keras(args):
         "other_cores": others,
         "flops_per_sequence": modeling.pretraining_flops_per_sequence(config, SEQ, MASKS),
         "peak_flops": training.measured_peak_flops(dtype),
-        "loss": losses[-1],
+        "loss": loss,
     }
+
+
+def time_keras(model, batch, weight_decay, jit_compile, warmup, steps):
+    """Compile a keras-hub task model (AdamW, no clipping; from-logits CE; weighted accuracy) and
+    `_time_steps` its `train_on_batch` on `batch` = (x, y, sample_weight).
+
+    Returns:
+      (first-call seconds, per-step seconds, per-step other cores, the last step's loss).
+    """
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=weight_decay),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
+        jit_compile=jit_compile,
+    )
+    x, y, weights = batch
+    losses = []
+
+    def run_step():
+        losses.append(float(model.train_on_batch(x, y, sample_weight=weights)[0]))
+
+    return (*_time_steps(run_step, warmup, steps), losses[-1])
 
 
 def wait_quiet(limit, threshold=0.15, window=5.0):
@@ -222,7 +246,16 @@ def run_worker(kind, precision, args, xla=None, layout="static", vocab_size=None
         label = f"ours {precision} {layout} xla={'config' if xla is None else xla}"
     else:
         label = f"{kind} {precision} xla={not args.keras_no_xla}"
-    waited = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else 0.0
+    result = measure(cmd, label, args.wait_quiet, MICRO_BATCH)
+    result.update(system=kind, precision=precision, layout=layout if kind == "ours" else "-")
+    return result
+
+
+def measure(cmd, label, wait_limit, batch):
+    """Runs one worker command in a fresh interpreter, after waiting up to `wait_limit` seconds
+    for a quiet CPU; returns its result dict plus the median step, seq/s (`batch` sequences a
+    step) and the mean cores other processes used. Exits with the worker's log tail if it fails."""
+    waited = wait_quiet(wait_limit) if wait_limit > 0 else 0.0
     print(f"... {label} (waited {waited:.0f} s for a quiet CPU)", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_TAG)]
@@ -230,11 +263,16 @@ def run_worker(kind, precision, args, xla=None, layout="static", vocab_size=None
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         sys.exit(f"benchmark worker failed ({label}), exit {proc.returncode}:\n{tail}")
     result = json.loads(lines[-1][len(RESULT_TAG) :])
-    result.update(system=kind, precision=precision, layout=layout if kind == "ours" else "-")
     result["median_step_s"] = statistics.median(result["times_s"])
-    result["seq_per_s"] = MICRO_BATCH / result["median_step_s"]
+    result["seq_per_s"] = batch / result["median_step_s"]
     result["mean_other_cores"] = statistics.mean(result["other_cores"])
     return result
+
+
+def emit(result):
+    """Worker side: add this process's peak RSS to `result` and print it for `measure`."""
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
+    print(RESULT_TAG + json.dumps(result), flush=True)
 
 
 def add_mfu(results):
@@ -296,18 +334,44 @@ def print_ratios(results, precisions):
             ratios[f"ours bf16/ours 32 ({label})"] = (
                 ours["bf16"]["seq_per_s"] / ours["32"]["seq_per_s"]
             )
-    for name, value in ratios.items():
-        target = TARGETS.get(name.split(" (")[0])
-        note = f"  (target >= {target}: {'met' if value >= target else 'missed'})" if target else ""
-        print(f"{name:<48}{value:6.2f}x{note}")
+    print_ratio_lines(ratios, TARGETS, 48)
     return ratios
+
+
+def print_ratio_lines(ratios, targets, width):
+    """One line per ratio; a ratio named `key ...` for a key of `targets` is marked met/missed."""
+    for name, value in ratios.items():
+        target = next((v for k, v in targets.items() if f"{name} ".startswith(f"{k} ")), None)
+        note = f"  (target >= {target}: {'met' if value >= target else 'missed'})" if target else ""
+        print(f"{name:<{width}}{value:6.2f}x{note}")
+
+
+def add_run_args(parser, steps, warmup):
+    """The flags every benchmark here shares: --steps --warmup --precisions --wait-quiet --json."""
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps after compiling")
+    parser.add_argument("--precisions", default="32,bf16", help="comma-separated: 32, bf16")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=300,
+        help="before each measurement wait up to this many seconds for other processes to go "
+        "quiet (0: do not wait)",
+    )
+    parser.add_argument("--json", help="also write every figure to this JSON file")
+
+
+def parse_precisions(text):
+    """--precisions as a list of 32 and/or bf16 (exits on anything else)."""
+    precisions = [p.strip() for p in text.split(",") if p.strip()]
+    if not precisions or any(p not in ("32", "bf16") for p in precisions):
+        sys.exit(f"--precisions: use 32 and/or bf16, got {text!r}")
+    return precisions
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=15, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
-    parser.add_argument("--precisions", default="32,bf16", help="comma-separated: 32, bf16")
+    add_run_args(parser, steps=15, warmup=2)
     parser.add_argument(
         "--xla",
         choices=("both", "on", "off", "config"),
@@ -317,14 +381,6 @@ def main():
     parser.add_argument("--standard", action="store_true", help="also the standard data layout")
     parser.add_argument("--no-keras", action="store_true", help="measure ours only")
     parser.add_argument("--keras-no-xla", action="store_true", help="keras-hub without XLA")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=300,
-        help="before each measurement wait up to this many seconds for other processes to go "
-        "quiet (0: do not wait)",
-    )
-    parser.add_argument("--json", help="also write every figure to this JSON file")
     # Internal: one measurement in this process.
     parser.add_argument("--worker", choices=("ours", "keras-hub"), help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="32", help=argparse.SUPPRESS)
@@ -335,14 +391,10 @@ def main():
 
     if args.worker:
         args.xla_flag = None if args.xla_flag is None else args.xla_flag == "on"
-        result = (worker_ours if args.worker == "ours" else worker_keras)(args)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
-        print(RESULT_TAG + json.dumps(result), flush=True)
+        emit((worker_ours if args.worker == "ours" else worker_keras)(args))
         return
 
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    if not precisions or any(p not in ("32", "bf16") for p in precisions):
-        sys.exit(f"--precisions: use 32 and/or bf16, got {args.precisions!r}")
+    precisions = parse_precisions(args.precisions)
     use_keras = not args.no_keras
     if use_keras and importlib.util.find_spec("keras_hub") is None:
         print(

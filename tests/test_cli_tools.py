@@ -1,7 +1,7 @@
 """Every command-line tool answers --help, and the schema machinery of common/cli.py for tools.
 
-The tools are discovered (a `__main__` block in a root script or a bert_data or gpt2_data module), so a new
-tool is covered without editing this file. --help must not import TensorFlow: it is checked with
+The tools are discovered (a `__main__` block in a root script, a bert_data or gpt2_data module or a
+benchmarks/ script), so a new tool is covered without editing this file. --help must not import TensorFlow: it is checked with
 Python's import-time log (PYTHONPROFILEIMPORTTIME), which costs nothing extra to collect.
 """
 
@@ -44,6 +44,8 @@ def _help_commands():
         for name in data_tools(package):
             commands.append([python, os.path.join(package, f"{name}.py"), "--help"])
             commands.append([python, "-m", f"{package}.{name}", "--help"])
+    benchmarks = glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))
+    commands += [[python, p, "--help"] for p in sorted(benchmarks) if _has_main(p)]
     commands.append(["./run_squad.py", "--help"])  # shebang and exec bit
     return commands
 
