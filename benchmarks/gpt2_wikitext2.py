@@ -3,7 +3,7 @@
     python3 benchmarks/gpt2_wikitext2.py [--epochs 3] [--out runs/wikitext2] [-- extra flags]
 
 It runs train_gpt2.py (`--dataset text`, GPT-2's BPE, a 4-block 128-wide model with GPT-2's
-50257-token vocabulary, 128 positions, AdamW 1e-3 cosine with 5% warm-up, batch 16) and reports
+50257-token vocabulary, 128 positions, AdamW 2e-3 cosine with 5% warm-up, batch 8) and reports
 the held-out token perplexity of the final weights (every target of wiki.test.raw cut into
 128-position blocks) beside two baselines on exactly the same targets: the uniform distribution
 over the vocabulary and a unigram model of the training tokens (add-one smoothed counts). A model
@@ -58,8 +58,8 @@ def main(argv=None):
         json.dump(MODEL, f)
     flags = ["--model-config", config, "--max-len", SEQ, "--dataset", "text",
              "--input-files", train, "--eval-files", test, "--vocab-file", vocab,
-             "--merges-file", merges, "--batch-size", 16, "--device-iterations", 8,
-             "--epochs", args.epochs, "--optimizer", "AdamW", "--learning-rate", 1e-3,
+             "--merges-file", merges, "--batch-size", 8, "--device-iterations", 8,
+             "--epochs", args.epochs, "--optimizer", "AdamW", "--learning-rate", 2e-3,
              "--weight-decay", 0.01, "--lr-schedule", "cosine", "--lr-warmup", 0.05,
              "--log-steps", 4, "--seed", 1234, "--checkpoint-output-dir", args.out,
              *args.extra]  # fmt: skip

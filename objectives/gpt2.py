@@ -231,7 +231,7 @@ class GPT2Task:
         blocks = self.eval_blocks
         batch = max(1, self.cfg.loop.micro_batch_size)
 
-        @tf.function(jit_compile=bool(self.cfg.loop.xla))
+        @tf.function(jit_compile=bool(self.cfg.loop.xla), autograph=False)
         def sums(ids):
             logits = model(ids[:, :-1], None, False, None, dtype)["logits"]
             out = causal_lm.next_token_loss(logits, ids[:, 1:], tf.ones_like(ids[:, 1:]))

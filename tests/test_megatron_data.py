@@ -46,6 +46,12 @@ def test_writer_bytes_match_the_documented_layout(tmp_path):
     assert pathlib.Path(prefix + ".idx").read_bytes() == idx
     assert pathlib.Path(prefix + ".bin").read_bytes() == binary
     assert not [name for name in os.listdir(tmp_path) if "tmp" in name]
+    # The hand-built bytes (an independent writer) read back as those documents.
+    pathlib.Path(tmp_path / "hand.idx").write_bytes(idx)
+    pathlib.Path(tmp_path / "hand.bin").write_bytes(binary)
+    hand = IndexedDataset(str(tmp_path / "hand"))
+    assert [hand[i].tolist() for i in range(len(hand))] == [[7, 50256], [1, 2, 3]]
+    assert hand.doc_idx.tolist() == [0, 1, 2] and hand.dtype == np.uint16
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.int64, np.uint16])
