@@ -71,7 +71,8 @@ OPTIONS = [
           "model"),
         O("precision", "str", "32", "compute: 32 = float32, bf16 = bfloat16, 16 = float16 "
           "(float32 weights and optimizer in every case)", choices=tuple(options.PRECISIONS)),
-        O("xla", "bool", True, "compile the training step with XLA"),
+        O("xla", "bool", False, "compile the training step with XLA (off: GPT-2 small trains "
+          "faster without it on CPUs, fp32 and bf16, benchmarks/gpt2.py; try it on GPUs)"),
         O("recompute_checkpoint_every_layer", "bool", False, "gradient checkpointing: recompute "
           "each block's activations in the backward pass (less memory, ~1/3 more compute)"),
         O("recompute_checkpoint_layers", "int_list", None, "with the above: only these blocks "

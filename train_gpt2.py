@@ -53,7 +53,6 @@ def main(argv=None):
     print(f"Steps per epoch: {task.steps_per_epoch}", flush=True)
 
     import objectives
-    import optimization
     import training
 
     strategy = training.make_strategy(cfg.loop.replicas)
@@ -65,9 +64,7 @@ def main(argv=None):
         task.loss,
         task.dataset(),
         init=task.initialise,
-        tokens_fn=task.tokens,
-        wd_exclude=optimization.WD_EXCLUDE_1D,
-        clip_norm=None,
+        **task.trainer_options(),
         samples_per_epoch=task.num_samples,
         flops_per_sample=task.flops_per_sample(),
         notes=task.notes,

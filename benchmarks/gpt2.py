@@ -135,7 +135,6 @@ def _result(args, first, times, others, loss, peak_flops, **extra):
 
 
 def worker_ours(args):
-    import optimization
     import options_gpt2
     import training
     from objectives.gpt2 import GPT2Task
@@ -145,15 +144,7 @@ def worker_ours(args):
     cfg = task.cfg
     strategy = training.make_strategy(1)
     model = task.build_model(strategy)
-    trainer = training.Trainer(
-        cfg,
-        strategy,
-        model,
-        task.loss,
-        tokens_fn=task.tokens,
-        wd_exclude=optimization.WD_EXCLUDE_1D,
-        clip_norm=None,
-    )
+    trainer = training.Trainer(cfg, strategy, model, task.loss, **task.trainer_options())
     first, times, others, metrics = time_trainer(trainer, task.dataset(), args.warmup, args.steps)
     peak = training.measured_peak_flops(trainer.compute_dtype)
     flops = task.flops_per_sample()  # modeling_gpt2.flops_per_token(config, seq) * seq

@@ -158,6 +158,17 @@ class GPT2Task:
             result = causal_lm.next_token_loss(out["logits"], targets, weights)
         return {"loss": result["loss"], "acc": result["acc"]}
 
+    def trainer_options(self):
+        """training.Trainer's keywords for GPT-2: tokens/s from the counted targets, weight decay
+        on >= 2-D tensors only, and no gradient clipping (the reference's optimizers)."""
+        import optimization
+
+        return {
+            "tokens_fn": self.tokens,
+            "wd_exclude": optimization.WD_EXCLUDE_1D,
+            "clip_norm": None,
+        }
+
     @staticmethod
     def tokens(features):
         """Counted targets of a micro-batch (for tokens/s)."""
