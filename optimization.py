@@ -44,7 +44,7 @@ LAMB_ADAPTATION_EXCLUDE = ("bias", "beta", "gamma")
 ADAMW_WD_EXCLUDE = ("GroupNorm", "Group_Norm", "LayerNorm", "Layer_Norm", "bias")
 # GPT-2 (the reference's parameter groups): every 1-D tensor is exempt, i.e. the biases and the
 # LayerNorm scales (Hugging Face names "ln_1", "ln_2", "ln_f").
-WD_EXCLUDE_1D = ("/bias$", "/ln_[^/]+/weight$", "^transformer/ln_f/weight$")
+WD_EXCLUDE_1D = ("/bias$", "/ln_[^/]+/weight$")
 
 # NVLAMB divides gradients by max(global norm, this); mp-clip clips the global norm to it.
 CLIP_NORM = 1.0

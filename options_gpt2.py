@@ -197,12 +197,6 @@ class GPT2RunConfig(options.RunConfig):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         atomic_write_json(path, data)
 
-    def source(self, key):
-        where = self.explicit.get(key)
-        if where == "cli":
-            return f"--{key.replace('_', '-')}"
-        return self.config_path if where == "config" else "default"
-
     def __contains__(self, key):
         return key in SCHEMA
 
@@ -288,10 +282,7 @@ def _validate(v):
     for key in ("max_len", "batch_size", "gradient_accumulation", "replication_factor",
                 "device_iterations", "epochs", "training_steps", "log_steps", "save_per_epochs",
                 "serialized_seq_len", "embedding_serialization_factor", "stride", "max_to_keep",
-                "eval_steps"):  # fmt: skip
-        if v[key] is not None and v[key] < 1:
-            _fail(f"--{key.replace('_', '-')} must be >= 1, got {v[key]}")
-    for key in ("save_per_steps", "lr_decay_steps"):
+                "eval_steps", "save_per_steps", "lr_decay_steps"):  # fmt: skip
         if v[key] is not None and v[key] < 1:
             _fail(f"--{key.replace('_', '-')} must be >= 1, got {v[key]}")
     if v["lr_warmup_steps"] is not None and v["lr_warmup_steps"] < 0:

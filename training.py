@@ -436,8 +436,7 @@ def train(
         config=cfg.flat(),
     )
     try:
-        loop = _Loop(cfg, trainer, dataset, run, samples_per_epoch, evaluate)
-        loop.format_line = line_format or _format_line
+        loop = _Loop(cfg, trainer, dataset, run, samples_per_epoch, evaluate, line_format)
         return loop.run(flops_per_sample, notes)
     finally:
         run.close()
@@ -446,8 +445,9 @@ def train(
 class _Loop:
     """One call of `train`: state shared by its steps."""
 
-    def __init__(self, cfg, trainer, dataset, run, samples_per_epoch, evaluate):
+    def __init__(self, cfg, trainer, dataset, run, samples_per_epoch, evaluate, line_format=None):
         self.cfg, self.trainer, self.run_log, self.evaluate = cfg, trainer, run, evaluate
+        self.format_line = line_format or _format_line
         self.logging = cfg.logging
         self.samples_per_epoch = max(samples_per_epoch, 1)
         self.iterator = iter(dataset)  # a plain iterator: its position goes into every checkpoint

@@ -115,10 +115,10 @@ def make_lr_schedule(name, opts, total_steps):
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
         raise UserError(f"num_train_steps: {total_steps!r} is not a positive number of steps")
     base_lr = _require(opts, "base_learning_rate", name)
-    warmup_steps = parse_warmup(opts.get("warmup"), total_steps)
     if name in WARMUP_DECAY_KINDS:  # GPT-2's: decay_steps (if set) is the schedule length
         length = opts.get("decay_steps") or total_steps
         return WarmupDecay(name, base_lr, parse_warmup(opts.get("warmup"), length), length)
+    warmup_steps = parse_warmup(opts.get("warmup"), total_steps)
     if name == "natural_exponential":
         decay_steps, decay_rate = opts.get("decay_steps"), opts.get("decay_rate")
         if not (_is_number(decay_steps) and decay_steps > 0 and _is_number(decay_rate)):

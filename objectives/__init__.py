@@ -38,6 +38,9 @@ def initialise(cfg, trainer, path):
     return [line]
 
 
+_TRAINER_KEYWORDS = ("tokens_fn", "wd_exclude", "clip_norm")  # fit's keywords for training.Trainer
+
+
 def fit(cfg, strategy, model, loss_fn, dataset, **kwargs):
     """Build the trainer, initialise from --init-checkpoint (unless resuming), run the loop.
 
@@ -53,15 +56,8 @@ def fit(cfg, strategy, model, loss_fn, dataset, **kwargs):
     import training  # TensorFlow: not at import time, so that --help stays fast
 
     init = kwargs.pop("init", None)
-    trainer = training.Trainer(
-        cfg,
-        strategy,
-        model,
-        loss_fn,
-        tokens_fn=kwargs.pop("tokens_fn", None),
-        wd_exclude=kwargs.pop("wd_exclude", None),
-        **({"clip_norm": kwargs.pop("clip_norm")} if "clip_norm" in kwargs else {}),
-    )
+    trainer_kwargs = {k: kwargs.pop(k) for k in _TRAINER_KEYWORDS if k in kwargs}
+    trainer = training.Trainer(cfg, strategy, model, loss_fn, **trainer_kwargs)
     notes = list(kwargs.pop("notes", ()))
     if not cfg.checkpoint.restore_dir and not cfg.loop.compile_only:
         if init is not None:

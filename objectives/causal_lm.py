@@ -1,4 +1,4 @@
-"""Causal language modelling (GPT-2): the next-token loss, its chunked form, data and the task.
+"""Causal language modelling (GPT-2): the next-token loss and its chunked form.
 
 Every data source gives samples of `max_len + 1` token ids with a mask (1 token, 0 padding): the
 model reads ids[:, :-1] and predicts ids[:, 1:], so it sees `max_len` positions and padded targets
@@ -11,6 +11,18 @@ micro-batches average their means, as the reference did. The accuracy is the ref
 import numpy as np
 
 
+def token_sums(logits, targets, weights):
+    """(CE sum, hit sum, count) of logits [B,S,V] against targets [B,S] over the positions where
+    weights [B,S] are non-zero; scalars in the logits' dtype (evaluation accumulates them)."""
+    import tensorflow as tf
+
+    targets = tf.cast(targets, tf.int32)
+    weights = tf.cast(tf.cast(weights, tf.bool), logits.dtype)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), targets), logits.dtype)
+    return tf.reduce_sum(ce * weights), tf.reduce_sum(hits * weights), tf.reduce_sum(weights)
+
+
 def next_token_loss(logits, targets, weights):
     """Mean CE and accuracy of logits [B,S,V] against targets [B,S] where weights [B,S] are 1.
 
@@ -19,14 +31,10 @@ def next_token_loss(logits, targets, weights):
     """
     import tensorflow as tf
 
-    targets = tf.cast(targets, tf.int32)
-    weights = tf.cast(tf.cast(weights, tf.bool), logits.dtype)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-    hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), targets), logits.dtype)
-    count = tf.reduce_sum(weights)
+    ce, hits, count = token_sums(logits, targets, weights)
     return {
-        "loss": tf.math.divide_no_nan(tf.reduce_sum(ce * weights), count),
-        "acc": tf.math.divide_no_nan(tf.reduce_sum(hits * weights), count),
+        "loss": tf.math.divide_no_nan(ce, count),
+        "acc": tf.math.divide_no_nan(hits, count),
         "tokens": count,
     }
 
@@ -65,13 +73,9 @@ def serialized_lm_loss(hidden, table, targets, weights, seq_chunk, vocab_chunks=
 
     def chunk_sums(x, tab, t, w):
         logits = tf.concat([tf.einsum("bse,ve->bsv", x, tab[lo:hi]) for lo, hi in bounds], -1)
-        logits = tf.cast(logits, acc_dtype)
-        w = tf.cast(tf.cast(w, tf.bool), acc_dtype)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=t, logits=logits)
-        hit = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), t), acc_dtype)
-        return tf.stack([tf.reduce_sum(ce * w), tf.reduce_sum(hit * w)])
+        ce, hits, _ = token_sums(tf.cast(logits, acc_dtype), t, w)
+        return tf.stack([ce, hits])
 
-    targets = tf.cast(targets, tf.int32)
     sums = []
     for start in range(0, seq, seq_chunk):
         end = min(seq, start + seq_chunk)

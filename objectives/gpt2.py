@@ -55,16 +55,21 @@ class GPT2Task:
     # ------------------------------------------------------------------ model
 
     def _model_config(self):
+        import interop_gpt2
+
         a = self.cfg.a
         path = a.checkpoint_input_dir
         if path and a.resume_training_from_checkpoint:
+            if interop_gpt2.source_kind(path) != "ours":
+                raise UserError(
+                    f"--resume-training-from-checkpoint: {path} is a Hugging Face folder; resume "
+                    "one of our GPT-2 runs (or start from the folder without the flag)"
+                )
             folder = path if os.path.isdir(path) else os.path.dirname(path)
             config = model_config_gpt2.GPT2Config.from_json_file(
                 os.path.join(folder, "config.json")
             )
         elif path:
-            import interop_gpt2
-
             config, self.init_params, notes = interop_gpt2.resolve_gpt2_source(path)
             self.notes += list(notes)
         else:
@@ -114,13 +119,8 @@ class GPT2Task:
         """Copy --checkpoint-input-dir's weights into the model (before the loop)."""
         if self.init_params is None:
             return []
+        # resolve_gpt2_source gave exactly the tensors of the config the model was built from.
         params = trainer.model.params
-        missing = sorted(set(params) - set(self.init_params))
-        if missing:
-            raise UserError(
-                f"--checkpoint-input-dir {self.cfg.a.checkpoint_input_dir} lacks {len(missing)} "
-                f"model tensors, e.g. {missing[0]}"
-            )
         for name, var in params.items():
             var.assign(self.init_params[name])
         self.init_params = None
@@ -245,8 +245,8 @@ class GPT2Task:
         @tf.function(jit_compile=bool(self.cfg.loop.xla), autograph=False)
         def sums(ids):
             logits = model(ids[:, :-1], None, False, None, dtype)["logits"]
-            out = causal_lm.next_token_loss(logits, ids[:, 1:], tf.ones_like(ids[:, 1:]))
-            return out["loss"] * out["tokens"], out["tokens"]
+            ce, _, count = causal_lm.token_sums(logits, ids[:, 1:], tf.ones_like(ids[:, 1:]))
+            return ce, count
 
         def evaluate(step):
             ce = count = 0.0
