@@ -347,6 +347,23 @@ def resolve_gpt2_source(path):
     return config, params, [f"Hugging Face GPT-2 folder {path}", *notes]
 
 
+def load_model(path):
+    """A GPT-2 model holding the weights behind `path`, for inference (generation, evaluation,
+    export).
+
+    Args:
+      path: anything `resolve_gpt2_source` accepts (a Hugging Face folder, one of our GPT-2 run
+        directories, a checkpoint prefix).
+    Returns:
+      (modeling_gpt2.GPT2Model with its float32 variables assigned, notes: one-line strings).
+    """
+    config, params, notes = resolve_gpt2_source(path)
+    model = modeling_gpt2.GPT2Model(config)
+    for name, var in model.params.items():
+        var.assign(params[name])
+    return model, notes
+
+
 # ----------------------------------------------------------------------------- conversion
 
 

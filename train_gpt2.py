@@ -17,6 +17,7 @@ Resume exactly (weights, optimizer, step and data position) with
 """
 
 import os
+import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -78,6 +79,9 @@ def main(argv=None):
         interop_gpt2.write_hf_gpt2(
             folder, task.config, {n: v.numpy() for n, v in model.params.items()}
         )
+        if cfg.a.vocab_file and cfg.a.merges_file:  # a folder generation and evaluation can use
+            shutil.copyfile(cfg.a.vocab_file, os.path.join(folder, "vocab.json"))
+            shutil.copyfile(cfg.a.merges_file, os.path.join(folder, "merges.txt"))
         print(f"Hugging Face folder of the final weights: {folder}")
     if result.evaluation:
         e = result.evaluation

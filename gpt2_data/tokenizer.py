@@ -17,6 +17,7 @@ GPT2BPETokenizer, `encode` treats the literal text "<|endoftext|>" as ordinary c
 """
 
 import json
+import os
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -120,3 +121,33 @@ def load(vocab_file, merges_file):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
     return GPT2Tokenizer(tokenizer, vocab[EOD_TOKEN], len(vocab), vocab_file, merges_file)
+
+
+def for_checkpoint(path, vocab_file=None, merges_file=None):
+    """The GPT-2 BPE that goes with a model: the explicit files when given, else the vocab.json and
+    merges.txt of the checkpoint's folder (a Hugging Face folder, a run directory or the folder of
+    a checkpoint prefix; train_gpt2.py copies its tokenizer files into `RUN/hf`).
+
+    Raises:
+      UserError: one line when only one of the two files is given, or when neither is given and
+        the folder lacks them.
+    """
+    if bool(vocab_file) != bool(merges_file):
+        raise UserError(
+            "give both --vocab-file (vocab.json) and --merges-file (merges.txt), or neither"
+        )
+    if vocab_file:
+        return load(vocab_file, merges_file)
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    if not os.path.isfile(os.path.join(folder, "vocab.json")) and os.path.isdir(
+        os.path.join(folder, "hf")
+    ):
+        folder = os.path.join(folder, "hf")  # a train_gpt2.py run directory
+    vocab, merges = (os.path.join(folder, n) for n in ("vocab.json", "merges.txt"))
+    missing = [f for f in (vocab, merges) if not os.path.isfile(f)]
+    if missing:
+        raise UserError(
+            f"{missing[0]} not found: the model folder has no GPT-2 tokenizer files; give "
+            "--vocab-file (vocab.json / encoder.json) and --merges-file (merges.txt / vocab.bpe)"
+        )
+    return load(vocab, merges)
