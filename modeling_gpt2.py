@@ -255,26 +255,38 @@ def embeddings(params, config, input_ids, training=False, dropout_seed=None, dty
     return ops.dropout(h, config.embd_pdrop, training, dropout_seed, _SALT_EMBEDDINGS)
 
 
-def block(params, config, i, h, bias, compute_dtype, training=False, dropout_seed=None):
-    """Block i (pre-LN): h += Attn(ln_1(h)); h += MLP(ln_2(h)), each output dropped out.
+def attention_projections(params, config, i, h, compute_dtype):
+    """ln_1 and c_attn of block i.
 
     Args:
-      h: residual stream [B,S,E] in the float dtype (float32 or float64).
-      bias: additive attention bias from `attention_bias` ([1 or B,1,S,S], float dtype).
-      compute_dtype: dtype of the matmuls.
+      h: residual stream [B,S,E] in the float dtype.
     Returns:
-      [B,S,E], same dtype as h.
+      query, key, value: [B,N,S,d] each, in the compute dtype.
+    """
+    scope, e = block_scope(i), config.n_embd
+    x = _layer_norm(params, f"{scope}/ln_1", h, config.layer_norm_epsilon, compute_dtype)  # [B,S,E]
+    qkv = _conv1d(params, f"{scope}/attn/c_attn", tf.reshape(x, [-1, e]))  # [B*S,3E]
+    return ops.split_heads(qkv, ops.dim(h, 1), 3, config.n_head)  # 3 x [B,N,S,d]
+
+
+def block_from_projections(
+    params, config, i, h, query, key, value, bias, compute_dtype, training=False, dropout_seed=None
+):
+    """The rest of block i once its projections are known: S queries attend over T keys (T = S in
+    training; the key/value cache's slots in generation), then c_proj, residual, MLP, residual.
+
+    Args:
+      h: residual stream [B,S,E] (float dtype); query [B,N,S,d]; key, value [B,N,T,d].
+      bias: additive attention bias [1 or B,1,S,T] (float dtype).
+    Returns:
+      [B,S,E], h's dtype.
     """
     c, scope, acc = config, block_scope(i), h.dtype
     seq_length, e = ops.dim(h, 1), c.n_embd
     salt = functools.partial(ops.layer_salt, i)
-
-    x = _layer_norm(params, f"{scope}/ln_1", h, c.layer_norm_epsilon, compute_dtype)  # [B,S,E]
-    qkv = _conv1d(params, f"{scope}/attn/c_attn", tf.reshape(x, [-1, e]))  # [B*S,3E]
-    query, key, value = ops.split_heads(qkv, seq_length, 3, c.n_head)  # 3 x [B,N,S,d]
     if c.reorder_and_upcast_attn:
         query, key = tf.cast(query, acc), tf.cast(key, acc)
-    scores = tf.matmul(query, key, transpose_b=True)  # [B,N,S,S]
+    scores = tf.matmul(query, key, transpose_b=True)  # [B,N,S,T]
     scale = 1.0 / math.sqrt(c.head_size) if c.scale_attn_weights else 1.0
     if c.scale_attn_by_inverse_layer_idx:
         scale /= i + 1
@@ -284,7 +296,7 @@ def block(params, config, i, h, bias, compute_dtype, training=False, dropout_see
         scale=scale,
         rate=c.attn_pdrop,
         acc=acc,
-    )  # [B,N,S,S]
+    )  # [B,N,S,T]
     context = tf.matmul(tf.cast(probs, compute_dtype), value)  # [B,N,S,d]
     context = tf.transpose(context, [0, 2, 1, 3])  # [B,S,N,d]
     context = tf.reshape(context, [-1, e])  # [B*S,E]
@@ -299,6 +311,27 @@ def block(params, config, i, h, bias, compute_dtype, training=False, dropout_see
     y = _conv1d(params, f"{scope}/mlp/c_proj", y)  # [B*S,E]
     y = tf.reshape(y, [-1, seq_length, e])  # [B,S,E]
     return fused_residual([h, y], [ops.keys_if(rate, training, dropout_seed, salt(2))], rate=rate)
+
+
+def block(params, config, i, h, bias, compute_dtype, training=False, dropout_seed=None):
+    """Block i (pre-LN): h += Attn(ln_1(h)); h += MLP(ln_2(h)), each output dropped out.
+
+    Args:
+      h: residual stream [B,S,E] in the float dtype (float32 or float64).
+      bias: additive attention bias from `attention_bias` ([1 or B,1,S,S], float dtype).
+      compute_dtype: dtype of the matmuls.
+    Returns:
+      [B,S,E], same dtype as h.
+    """
+    query, key, value = attention_projections(params, config, i, h, compute_dtype)
+    return block_from_projections(
+        params, config, i, h, query, key, value, bias, compute_dtype, training, dropout_seed
+    )
+
+
+def final_norm(params, config, h, compute_dtype):
+    """ln_f of the residual stream h [B,S,E] (float dtype), cast to the compute dtype."""
+    return _layer_norm(params, "transformer/ln_f", h, config.layer_norm_epsilon, compute_dtype)
 
 
 def gpt2_forward(
@@ -343,7 +376,7 @@ def gpt2_forward(
             dropout_seed=dropout_seed,
         )
         h = tf.recompute_grad(block_fn)(h) if c.recomputes(i) else block_fn(h)
-    x = _layer_norm(params, "transformer/ln_f", h, c.layer_norm_epsilon, compute_dtype)
+    x = final_norm(params, c, h, compute_dtype)
     if not with_logits:
         return None, x
     table = ops.weight(params, "transformer/wte/weight", compute_dtype)  # [V,E], tied head
