@@ -14,16 +14,18 @@ Cache: a tuple over layers of (key, value) pairs, each [B,N,T,d] in the compute 
 Sampling follows Hugging Face's order: repetition penalty (CTRL: a seen token's logit is divided by
 the penalty when positive, multiplied when negative; the prompt counts as seen), temperature,
 top-k (ties with the k-th value kept), top-p (the smallest set of most likely tokens whose
-probability reaches p; the most likely token always kept), then one multinomial draw per row
-from `tf.random.stateless_categorical` seeded with (seed, step), or the argmax when greedy.
+probability reaches p; the most likely token always kept), then one draw per row from the softmax
+(Gumbel-max over `uniforms` hashed from (seed, step)), or the argmax when greedy.
 """
 
 import dataclasses
+import functools
 
 import tensorflow as tf
 
 import modeling_gpt2
 import modeling_ops as ops
+from common.hashing import fmix32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,9 +199,48 @@ def mark_seen(seen, tokens):
     return tf.tensor_scatter_nd_update(seen, index, tf.ones_like(tokens, tf.bool))
 
 
+def _order_keys(x):
+    """int64 keys of float32 x with the floats' order (-0.0 just below +0.0; NaN not expected)."""
+    bits = tf.bitcast(x, tf.int32)
+    return tf.cast(tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, 0x7FFFFFFF), bits), tf.int64)
+
+
+def _largest_key(keys, amount, target):
+    """Per row, the largest t among int64 keys [B,V] (int32-ranged) with amount(keys >= t) >=
+    target, by bisection over the key range (33 halvings cover it: exact). amount(mask [B,V]) ->
+    [B] is non-increasing in t; target is at most amount of the row's smallest key."""
+    lo = tf.reduce_min(keys, axis=-1)  # amount(all) >= target
+    hi = tf.reduce_max(keys, axis=-1) + 1  # amount(none) = 0 < target
+    for _ in range(33):
+        mid = lo + (hi - lo) // 2
+        ok = amount(keys >= mid[:, tf.newaxis]) >= target
+        lo, hi = tf.where(ok, mid, lo), tf.where(ok, hi, mid)
+    return lo[:, tf.newaxis]  # [B,1]
+
+
+def _kth_largest(x, k):
+    """Per row, the k-th largest value of x [B,V] counting ties ([B,1]), by k rounds of taking
+    the largest remaining value (for small k: fewer passes over the row than a bisection)."""
+    remaining, kth = x, tf.fill([ops.dim(x, 0), 1], tf.constant(float("inf"), x.dtype))
+    taken = tf.zeros([ops.dim(x, 0), 1], tf.int64)
+    for _ in range(k):
+        top = tf.reduce_max(remaining, axis=-1, keepdims=True)  # [B,1]
+        kth = tf.where(taken < k, top, kth)
+        hits = remaining >= top
+        taken += tf.math.count_nonzero(hits, axis=-1, keepdims=True, dtype=tf.int64)
+        remaining = tf.where(hits, tf.constant(-float("inf"), x.dtype), remaining)
+    return kth
+
+
 def filter_logits(logits, sampling, seen=None):
     """Logits float32 [B,V] after the repetition penalty, temperature, top-k and top-p of
-    `sampling` (filtered tokens get -inf). `seen` bool [B,V] is needed for the penalty."""
+    `sampling` (filtered tokens get -inf). `seen` bool [B,V] is needed for the penalty.
+
+    Top-k keeps the tokens at least as likely as the k-th most likely one; top-p the tokens at
+    least as likely as the first one (in decreasing order) at which the cumulated probability
+    reaches p. Both thresholds are found by bisection on the values' order rather than by a
+    sort, which XLA compiles slowly on CPUs (a full sort of the vocabulary at every step).
+    """
     s, minus_inf = sampling, tf.constant(-float("inf"), logits.dtype)
     if s.repetition_penalty != 1.0:
         penalised = tf.where(
@@ -210,27 +251,46 @@ def filter_logits(logits, sampling, seen=None):
         return logits
     if s.temperature != 1.0:
         logits = logits / s.temperature
-    vocab = logits.shape[-1]
-    k = min(s.top_k, vocab) if s.top_k else (vocab if s.top_p < 1.0 else 0)
-    if k:
-        values = tf.math.top_k(logits, k, sorted=True).values  # [B,k] descending
-        if s.top_k:
-            logits = tf.where(logits < values[:, -1:], minus_inf, logits)
-        if s.top_p < 1.0:
-            before = tf.math.cumsum(tf.nn.softmax(values), axis=-1, exclusive=True)  # [B,k]
-            keep = before < s.top_p  # the first is always kept (0 < top_p)
-            smallest = tf.reduce_min(tf.where(keep, values, float("inf")), axis=-1, keepdims=True)
-            logits = tf.where(logits < smallest, minus_inf, logits)
+    if s.top_k and s.top_k < logits.shape[-1]:
+        if s.top_k <= 16:
+            logits = tf.where(logits >= _kth_largest(logits, s.top_k), logits, minus_inf)
+        else:
+            keys = _order_keys(logits)
+            count = functools.partial(tf.math.count_nonzero, axis=-1, dtype=tf.int64)
+            logits = tf.where(keys >= _largest_key(keys, count, s.top_k), logits, minus_inf)
+    if s.top_p < 1.0:
+        keys, probs = _order_keys(logits), tf.nn.softmax(logits)
+
+        def mass(mask):
+            return tf.reduce_sum(tf.where(mask, probs, 0.0), axis=-1)
+
+        logits = tf.where(keys >= _largest_key(keys, mass, s.top_p), logits, minus_inf)
     return logits
+
+
+def uniforms(shape, seed):
+    """float32 uniforms in (0, 1) of `shape` [B,V], a pure function of seed (int64 [2]: the
+    user's seed and the step) and the element's index: a keyed murmur3-finalizer hash of the
+    index (24 bits per draw), computed alike with and without XLA (TF's stateless Philox gives
+    other numbers under XLA)."""
+    seed = tf.bitcast(tf.cast(seed, tf.int64), tf.uint32)  # [2,2] (low, high words)
+    key0 = fmix32(seed[0, 0] ^ fmix32(seed[0, 1] + tf.constant(0x9E3779B9, tf.uint32)))
+    key1 = fmix32(seed[1, 0] ^ fmix32(seed[1, 1] + key0))
+    index = tf.bitcast(ops.iota(shape), tf.uint32)
+    bits = fmix32(fmix32(index ^ key0) + key1)
+    top24 = tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32)
+    return (top24 + 0.5) * 2.0**-24
 
 
 def choose(logits, sampling, seed):
     """int32 [B] next tokens from filtered logits [B,V]: argmax when greedy, else one draw per row
-    (seed: int32/int64 [2], e.g. (user seed, step))."""
+    from their softmax (seed: int64 [2], e.g. (user seed, step))."""
     if sampling.greedy:
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
-    draw = tf.random.stateless_categorical(logits, 1, seed=seed, dtype=tf.int32)  # [B,1]
-    return draw[:, 0]
+    # Gumbel-max: argmax(logits + Gumbel noise) is one draw from softmax(logits); a -inf logit is
+    # never chosen.
+    gumbel = -tf.math.log(-tf.math.log(uniforms(logits.shape.as_list(), seed)))
+    return tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)
 
 
 # ----------------------------------------------------------------------------- the whole loop
@@ -295,3 +355,68 @@ def generate(params, config, input_ids, lengths, seed, *, output_len, sampling, 
         maximum_iterations=output_len,
     )
     return tf.transpose(out), t
+
+
+class Generator:
+    """`generate` compiled once for one (batch, input_len, output_len), reused for every prompt.
+
+    Args:
+      model: modeling_gpt2.GPT2Model; sampling: `Sampling`; dtype: compute dtype.
+      stop_id: int, -1 for none; xla: compile with XLA (jit_compile) or run as a TF graph.
+    Raises:
+      ValueError: input_len + output_len > n_positions, or a size < 1.
+    """
+
+    def __init__(self, model, *, batch, input_len, output_len, sampling, dtype, stop_id, xla):
+        if min(batch, input_len, output_len) < 1:
+            raise ValueError("batch size, input length and output length must be >= 1")
+        if input_len + output_len > model.config.n_positions:
+            raise ValueError(
+                f"input length {input_len} + output length {output_len} exceeds the model's "
+                f"{model.config.n_positions} positions"
+            )
+        self.batch, self.input_len, self.output_len = batch, input_len, output_len
+        self.model = model
+
+        def run(input_ids, lengths, seed):
+            return generate(
+                model.params,
+                model.config,
+                input_ids,
+                lengths,
+                seed,
+                output_len=output_len,
+                sampling=sampling,
+                dtype=dtype,
+                stop_id=stop_id,
+            )
+
+        self._fn = tf.function(
+            run,
+            jit_compile=xla,
+            input_signature=[
+                tf.TensorSpec([batch, input_len], tf.int32),
+                tf.TensorSpec([batch], tf.int32),
+                tf.TensorSpec([], tf.int64),
+            ],
+        )
+
+    def __call__(self, prompts, seed=0):
+        """Generate for up to `batch` prompts (lists of ids, 1..input_len ids each).
+
+        Returns:
+          (int32 np.ndarray [len(prompts), output_len], model calls made (prefill included)).
+        """
+        import numpy as np
+
+        if not 1 <= len(prompts) <= self.batch:
+            raise ValueError(f"expected 1..{self.batch} prompts, got {len(prompts)}")
+        rows = list(prompts) + [prompts[-1]] * (self.batch - len(prompts))  # static batch
+        ids = np.zeros([self.batch, self.input_len], np.int32)
+        for i, row in enumerate(rows):
+            if not 1 <= len(row) <= self.input_len:
+                raise ValueError(f"prompt {i} has {len(row)} tokens; expected 1..{self.input_len}")
+            ids[i, : len(row)] = row
+        lengths = np.array([len(r) for r in rows], np.int32)
+        tokens, steps = self._fn(ids, lengths, np.int64(seed))
+        return tokens.numpy()[: len(prompts)], int(steps)

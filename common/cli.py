@@ -325,3 +325,14 @@ def load_config(path, options):
         except ValueError as err:
             raise UserError(f"config {path}: '{key}' {err}", EX_USAGE) from None
     return values
+
+
+def warn_ipu_only(options, args, prog):
+    """One stderr line naming the IPU-only options of a tool whose value in `args` (a
+    `parse_tool_args` namespace) is not the default; they are accepted and change nothing."""
+    changed = [o.flags[-1] for o in options if o.ipu_only and getattr(args, o.key) != o.default]
+    if changed:
+        print(
+            f"warning: {prog}: IPU-only flags have no effect on CPU/GPU: {', '.join(changed)}",
+            file=sys.stderr,
+        )
