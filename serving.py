@@ -169,7 +169,7 @@ def build_bert(path, task=None):
         length = tf.shape(input_word_ids)[1]
         checks = [
             tf.debugging.assert_less_equal(
-                length, max_length, message=f"sequence longer than the model's {max_length} slots"
+                length, max_length, message=f"sequence length exceeds max_seq_length {max_length}"
             ),
             tf.debugging.assert_equal(tf.shape(input_mask), tf.shape(input_word_ids)),
             tf.debugging.assert_equal(tf.shape(input_type_ids), tf.shape(input_word_ids)),
