@@ -82,8 +82,13 @@ _HEAD_OF_TASK = {"pretraining": "mlm", "squad": "squad", "classifier": "classifi
 def _bert_task(source, args, task):
     """The task to export: `task`, else the run's (arguments.json), else the heads present."""
     heads = interop.heads_present(source.model)
+    run_task = _TASK_OF_RUN.get(args.get("task"))
+    if run_task == "pretraining":
+        # The MLM projection is the word-embedding table: without use_cls_layer and
+        # use_prediction_bias the head has no tensors of its own.
+        heads.append("mlm")
     if task is None:
-        task = _TASK_OF_RUN.get(args.get("task"))
+        task = run_task
     if task is None:
         found = [t for t in ("squad", "classifier") if t in heads]
         if len(found) > 1:
@@ -152,8 +157,8 @@ def build_bert(path, task=None):
     args = interop.run_arguments(directory) if source.format == "native" else {}
     task = _bert_task(source, args, task)
     heads = ()
-    if task == "pretraining":
-        heads = tuple(h for h in ("mlm", "nsp") if h in interop.heads_present(source.model))
+    if task == "pretraining":  # MLM (checked by _bert_task), NSP when the checkpoint has it
+        heads = ("mlm", "nsp") if "nsp" in interop.heads_present(source.model) else ("mlm",)
     model = modeling.BertModel(config, heads=heads)
     if task in ("squad", "classifier"):
         for name in interop.head_variables(task):

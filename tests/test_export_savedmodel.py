@@ -186,7 +186,9 @@ def runs(tmp_path_factory):
     )
     roberta = _config(position_offset=2, type_vocab_size=1, layer_norm_eps=1e-5)
     specs = {
-        "bert": (_config(), dict(heads=("mlm", "nsp"), script="run_pretraining.py",
+        # As configs/pretrain_*.json: the MLM head is the tied projection alone.
+        "bert": (_config(use_cls_layer=False, use_prediction_bias=False),
+                 dict(heads=("mlm", "nsp"), script="run_pretraining.py",
                                  argv=["--config", tiny])),
         "squad": (_config(), dict(head="squad", outputs=2, script="run_squad.py",
                                   argv=["--config", squad_tiny])),
