@@ -96,6 +96,13 @@ GOOGLE_LAYER_NORM_EPS = 1e-12  # hard-coded in Google's modeling.py; also HF's d
 GOOGLE_CONFIG_KEYS = model_config.GOOGLE_FIELDS
 
 
+def head_variables(head):
+    """(weights, bias) names of a linear head: "nsp", "squad" or "classifier"."""
+    if head not in ("nsp", "squad", "classifier"):
+        raise ValueError(f"{head!r} is not a linear head (nsp, squad, classifier)")
+    return tuple(HEAD_PREFIXES[head] + f"output_{k}" for k in ("weights", "bias"))
+
+
 def is_head(name):
     return any(name.startswith(p) for p in HEAD_PREFIXES.values())
 
@@ -607,7 +614,7 @@ def expected_names(fields, heads=()):
             names.append("cls/predictions/output_bias")
     for head in ("nsp", "squad", "classifier"):
         if head in heads:
-            names += [HEAD_PREFIXES[head] + f"output_{k}" for k in ("weights", "bias")]
+            names += list(head_variables(head))
     return names
 
 
@@ -666,7 +673,7 @@ class Source:
     do_lower_case: bool | None = None
 
 
-def _run_arguments(directory):
+def run_arguments(directory):
     """The folder's arguments.json (our run's resolved options) as a dict, or {} if absent."""
     arguments = os.path.join(directory, "arguments.json")
     return read_json(arguments, "run arguments") if os.path.isfile(arguments) else {}
@@ -674,7 +681,7 @@ def _run_arguments(directory):
 
 def _folder_config(directory, fmt, args, bert_config_file=None):
     """Config fields from `bert_config_file`, or the folder's bert_config.json / arguments.json
-    (`args`, from `_run_arguments`)."""
+    (`args`, from `run_arguments`)."""
     path = bert_config_file or os.path.join(directory, "bert_config.json")
     if os.path.isfile(path):
         d = read_json(path, "model config")
@@ -736,7 +743,7 @@ def read_checkpoint(path, bert_config_file=None):
         config = config_from_hf(hf)
         fmt, slots, other, fused = "hf", {}, {}, False
         directory = path
-        args = _run_arguments(directory)
+        args = run_arguments(directory)
     else:
         prefix = resolve_tf_checkpoint(path)
         tensors, path = read_tf_checkpoint(prefix), prefix
@@ -750,7 +757,7 @@ def read_checkpoint(path, bert_config_file=None):
         model = native_to_canonical(model)
         slots = {s: native_to_canonical(g) for s, g in slots.items()}
         directory = os.path.dirname(os.path.abspath(prefix))
-        args = _run_arguments(directory)
+        args = run_arguments(directory)
         config = _folder_config(directory, fmt, args, bert_config_file)
     if config is not None:
         config = _reconcile(config, shape_fields(model), path)

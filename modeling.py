@@ -502,8 +502,9 @@ def pretraining_heads(
 
     Args:
       sequence_output: [B,S,H]; pooled_output: [B,H] (from `bert_encoder`).
-      features: needs masked_lm_positions int32 [B,P] in the standard layout; in the static-mask
-        layout the masked tokens are the first P = max_predictions_per_seq slots.
+      features: masked_lm_positions int32 [B,P] in the standard layout (without it, P = S: every
+        slot, as a served model scores them); in the static-mask layout the masked tokens are the
+        first P = max_predictions_per_seq slots.
       heads: which logits to compute.
     Returns:
       {"mlm_logits": float32 [B,P,V], "nsp_logits": float32 [B,2]} (only the requested ones).
@@ -512,13 +513,43 @@ def pretraining_heads(
     if "mlm" in heads:
         if config.static_mask:
             masked = sequence_output[:, : config.max_predictions_per_seq]  # [B,P,H]
-        else:
+        elif "masked_lm_positions" in features:
             positions = features["masked_lm_positions"]
             masked = tf.gather(sequence_output, positions, batch_dims=1)  # [B,P,H]
+        else:
+            masked = sequence_output  # [B,S,H]
         outputs["mlm_logits"] = _mlm_logits(params, config, masked)
     if "nsp" in heads:
         outputs["nsp_logits"] = _nsp_logits(params, pooled_output)
     return outputs
+
+
+def span_logits(sequence_output, weights, bias):
+    """SQuAD's span head: a start and an end logit for every slot.
+
+    Args:
+      sequence_output: [B,S,H] in the compute dtype.
+      weights: float32 [2,H] (`cls/squad/output_weights`); bias: float32 [2].
+    Returns:
+      (start_logits, end_logits), float32 [B,S] each.
+    """
+    x = sequence_output
+    logits = tf.einsum("bsh,kh->bks", x, tf.cast(weights, x.dtype))  # [B,2,S]
+    logits = tf.cast(logits, tf.float32) + bias[tf.newaxis, :, tf.newaxis]
+    return logits[:, 0], logits[:, 1]
+
+
+def classifier_logits(pooled_output, weights, bias):
+    """The GLUE classifier head (one output for a regression task such as STS-B).
+
+    Args:
+      pooled_output: [B,H] in the compute dtype.
+      weights: float32 [C,H] (`glue_loss/output_weights`); bias: float32 [C].
+    Returns:
+      float32 [B,C].
+    """
+    logits = tf.matmul(pooled_output, tf.cast(weights, pooled_output.dtype), transpose_b=True)
+    return tf.cast(logits, tf.float32) + bias  # [B,C]
 
 
 def pretraining_flops_per_sequence(config, seq_length, num_masked):

@@ -11,8 +11,10 @@ dtype (float32, bfloat16 or float16); LayerNorm, softmax and activations run in 
 (float32, or float64 in float64 runs, which gradient tests use).
 """
 
+import contextlib
 import functools
 import math
+import threading
 import zlib
 
 import tensorflow as tf
@@ -180,11 +182,31 @@ def lookup(table, ids):
 # much faster than XLA's in bfloat16.
 
 
+_PLAIN = threading.local()  # .active: trace the kernels as plain ops (see `plain_kernels`)
+
+
+@contextlib.contextmanager
+def plain_kernels():
+    """While active (in this thread), `xla_kernel` functions are traced as ordinary TensorFlow ops.
+
+    For graphs that must run without XLA's JIT: a SavedModel for serving (TensorFlow Serving
+    leaves XLA:CPU off by default and then refuses functions marked jit_compile). Same values up
+    to float rounding; only forward passes are meant to be traced this way.
+    """
+    before = getattr(_PLAIN, "active", False)
+    _PLAIN.active = True
+    try:
+        yield
+    finally:
+        _PLAIN.active = before
+
+
 def xla_kernel(fn):
     """Wrap a pure function fn(*floats, *others, **static) -> tensor as one XLA kernel.
 
     Returns call(floats, others=(), **static) with fn's value, differentiable in `floats` (float
-    tensors), not in `others` (tensors or None) nor in `static` (Python values).
+    tensors), not in `others` (tensors or None) nor in `static` (Python values). Inside
+    `plain_kernels()` the call is fn itself, unfused.
     """
     forward = tf.function(fn, jit_compile=True, autograph=False)
 
@@ -197,6 +219,9 @@ def xla_kernel(fn):
     backward = tf.function(backward_fn, jit_compile=True, autograph=False)
 
     def call(floats, others=(), **static):
+        if getattr(_PLAIN, "active", False):
+            return fn(*floats, *others, **static)
+
         @tf.custom_gradient
         def apply(*floats):
             def grad(dy):

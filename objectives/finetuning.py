@@ -23,6 +23,7 @@ import shutil
 
 import numpy as np
 
+import interop
 import model_config
 import options
 from common.errors import UserError
@@ -41,10 +42,7 @@ DEFAULTS = {
     "max_predictions_per_seq": 1,  # no MLM head; keeps the pretraining-only check quiet
 }
 _SALT_CLASSIFIER = 999_983  # dropout salt of the classifier input (the encoder's are small)
-HEAD_VARIABLES = {
-    "squad": ("cls/squad/output_weights", "cls/squad/output_bias"),
-    "classifier": ("glue_loss/output_weights", "glue_loss/output_bias"),
-}
+HEAD_VARIABLES = {head: interop.head_variables(head) for head in ("squad", "classifier")}
 
 
 def parse(argv, script, description, scope, defaults):
@@ -81,8 +79,6 @@ class Resolved:
 
 def resolve_model(cfg):
     """The model to fine-tune (see the module docstring); returns `Resolved`."""
-    import interop
-
     fields = options.bert_config_fields(cfg)
     fields.update(static_mask=False, max_predictions_per_seq=1)
     source = None
@@ -188,7 +184,6 @@ def train_or_load(cfg, resolved, strategy, model, head, loss_fn, arrays, evaluat
     checkpoint that prediction can load. `evaluate`: callable(step) -> {metric: float} run every
     steps_per_eval steps (and after the last).
     """
-    import interop
     import objectives
 
     source = resolved.source
@@ -247,8 +242,6 @@ def head_outputs(
       squad: (start_logits, end_logits), float32 [B,S] each.
       classifier: float32 [B,num_outputs] from the pooled output (dropout `dropout` when training).
     """
-    import tensorflow as tf
-
     import modeling
     import modeling_ops
 
@@ -258,16 +251,13 @@ def head_outputs(
         x, _ = modeling.bert_encoder(
             model.params, model.config, features, training, dropout_seed, compute_dtype, xla=xla
         )  # [B,S,H]
-        logits = tf.einsum("bsh,kh->bks", x, tf.cast(weights, x.dtype))  # [B,2,S]
-        logits = tf.cast(logits, tf.float32) + bias[tf.newaxis, :, tf.newaxis]
-        return logits[:, 0], logits[:, 1]
+        return modeling.span_logits(x, weights, bias)
     pooled = modeling.bert_pooled_output(
         model.params, model.config, features, training, dropout_seed, compute_dtype, xla=xla
     )  # [B,H]
     if training and dropout > 0:
         pooled = modeling_ops.dropout(pooled, dropout, True, dropout_seed, salt=_SALT_CLASSIFIER)
-    logits = tf.matmul(pooled, tf.cast(weights, pooled.dtype), transpose_b=True)  # [B,C]
-    return tf.cast(logits, tf.float32) + bias
+    return modeling.classifier_logits(pooled, weights, bias)
 
 
 def real_tokens(features):
