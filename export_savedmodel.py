@@ -29,6 +29,9 @@ CLI_OPTIONS = [
     Option("task", "str", None, "what to serve (default: the run's task, else the checkpoint's "
            "heads)", choices=serving.tasks()),
     Option("force", "bool", False, "replace a non-empty --output_dir"),
+    Option("input_len", "int", None, "GPT-2: prompt width of the signatures (default 64)"),
+    Option("output_len", "int", None, "GPT-2: tokens `generate` makes, cache slots beyond the "
+           "prompt (default 128)"),
 ]  # fmt: skip
 
 
@@ -45,7 +48,14 @@ def build_parser():
 @cli_main
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    info, notes = serving.export(args.checkpoint, args.output_dir, args.task, args.force)
+    info, notes = serving.export(
+        args.checkpoint,
+        args.output_dir,
+        args.task,
+        args.force,
+        input_len=args.input_len,
+        output_len=args.output_len,
+    )
     print(f"exported {info['task']} ({info['family']}) of {info['source']} -> {args.output_dir}")
     print(f"  signatures: {', '.join(info['signatures'])}; inputs: {', '.join(info['inputs'])}")
     shapes = ", ".join(f"{k} {v['dtype']} {v['shape']}" for k, v in info["outputs"].items())

@@ -268,15 +268,15 @@ def filter_logits(logits, sampling, seen=None):
     return logits
 
 
-def uniforms(shape, seed):
-    """float32 uniforms in (0, 1) of `shape` [B,V], a pure function of seed (int64 [2]: the
-    user's seed and the step) and the element's index: a keyed murmur3-finalizer hash of the
+def uniforms(like, seed):
+    """float32 uniforms in (0, 1) shaped like `like` [B,V], a pure function of seed (int64 [2]:
+    the user's seed and the step) and the element's index: a keyed murmur3-finalizer hash of the
     index (24 bits per draw), computed alike with and without XLA (TF's stateless Philox gives
     other numbers under XLA)."""
     seed = tf.bitcast(tf.cast(seed, tf.int64), tf.uint32)  # [2,2] (low, high words)
     key0 = fmix32(seed[0, 0] ^ fmix32(seed[0, 1] + tf.constant(0x9E3779B9, tf.uint32)))
     key1 = fmix32(seed[1, 0] ^ fmix32(seed[1, 1] + key0))
-    index = tf.bitcast(ops.iota(shape), tf.uint32)
+    index = tf.bitcast(tf.reshape(tf.range(tf.size(like)), tf.shape(like)), tf.uint32)
     bits = fmix32(fmix32(index ^ key0) + key1)
     top24 = tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32)
     return (top24 + 0.5) * 2.0**-24
@@ -289,7 +289,7 @@ def choose(logits, sampling, seed):
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
     # Gumbel-max: argmax(logits + Gumbel noise) is one draw from softmax(logits); a -inf logit is
     # never chosen.
-    gumbel = -tf.math.log(-tf.math.log(uniforms(logits.shape.as_list(), seed)))
+    gumbel = -tf.math.log(-tf.math.log(uniforms(logits, seed)))
     return tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)
 
 

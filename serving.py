@@ -6,7 +6,7 @@ family's builder (`FAMILIES`) for the functions to serve and the files to ship w
 under `assets/` the tokenizer files, the model config and `export_info.json` (task, signatures,
 inputs, outputs, casing, labels). The directory is written under a temporary name beside the
 output and renamed into place, so nothing half-written remains; a non-empty output directory is
-replaced only with `force`. A new family (GPT-2 next) is one more entry in `FAMILIES`.
+replaced only with `force`. A new family is one more entry in `FAMILIES`.
 
 BERT family (BERT, GroupBERT, RoBERTa-style runs; native, Google or Hugging Face checkpoints):
 inputs as TF Model Garden's BERT exports, int32 [batch, seq] each, any batch and any seq up to
@@ -145,8 +145,12 @@ def _bert_outputs(params, config, task, heads, features):
     return modeling.pretraining_heads(params, config, sequence_output, pooled, {}, heads)
 
 
-def build_bert(path, task=None):
-    """`Exportable` of a BERT-family checkpoint (see the module docstring); task None = inferred."""
+def build_bert(path, task=None, **lengths):
+    """`Exportable` of a BERT-family checkpoint (see the module docstring); task None = inferred.
+    `lengths` (GPT-2's input_len/output_len) are refused: sequences are any length here."""
+    if lengths:
+        flags = ", ".join("--" + k.replace("_", "-") for k in lengths)
+        raise UserError(f"{flags}: GPT-2 exports only (BERT signatures take any length)")
     import tensorflow as tf
 
     import modeling
@@ -221,9 +225,128 @@ def build_bert(path, task=None):
     return Exportable(module, {DEFAULT_SIGNATURE: concrete, task: concrete}, assets, info, notes)
 
 
+# ----------------------------------------------------------------------------- GPT-2
+
+GPT2_TASKS = ("generation",)
+GPT2_LENGTHS = {"input_len": 64, "output_len": 128}  # text_generate_gpt2.py's defaults
+
+
+def build_gpt2(path, task=None, input_len=None, output_len=None):
+    """`Exportable` of a GPT-2 model (a Hugging Face folder or one of our runs): task "generation",
+    whose signatures share a key/value cache of T = input_len + output_len slots
+    (generation_gpt2's layout; batch B free, prompt width P = input_len fixed):
+      prefill(input_ids int32 [B,P] right-padded, lengths int32 [B]) -> logits [B,V] after each
+        prompt's last token, cache float32 [L,2,B,N,T,d]
+      decode(token int32 [B], lengths int32 [B], step int32 [] (0 for the first generated token),
+        cache) -> logits [B,V] of the token after `token`, cache; `token` sits at slot P + step,
+        position lengths + step
+      generate / serving_default(input_ids, lengths) -> tokens int32 [B,output_len], greedy, no
+        stop token
+    """
+    import tensorflow as tf
+
+    import generation_gpt2
+    import interop_gpt2
+    import modeling_ops
+    from gpt2_data import tokenizer
+
+    input_len = input_len or GPT2_LENGTHS["input_len"]
+    output_len = output_len or GPT2_LENGTHS["output_len"]
+    model, notes = interop_gpt2.load_model(path)
+    config, params = model.config, model.params
+    if input_len + output_len > config.n_positions:
+        raise UserError(
+            f"--input-len {input_len} + --output-len {output_len} exceeds the model's "
+            f"{config.n_positions} positions"
+        )
+    slots, f32 = input_len + output_len, tf.float32
+    n_layer = config.n_layer
+    ids_spec = tf.TensorSpec([None, input_len], tf.int32, name="input_ids")
+    lengths_spec = tf.TensorSpec([None], tf.int32, name="lengths")
+    cache_spec = tf.TensorSpec(
+        [n_layer, 2, None, config.n_head, slots, config.head_size], f32, name="cache"
+    )
+
+    def weights():
+        return generation_gpt2.inference_weights(params, f32)
+
+    def prefill(input_ids, lengths):
+        logits, cache, _ = generation_gpt2.prefill(
+            params, weights(), config, input_ids, lengths, slots, f32
+        )
+        return {"logits": logits, "cache": generation_gpt2.stack_cache(cache)}
+
+    def decode(token, lengths, step, cache):
+        slot = input_len + step
+        key_mask = (tf.range(slots)[tf.newaxis, :] < lengths[:, tf.newaxis]) | (
+            (tf.range(slots) >= input_len) & (tf.range(slots) < slot)
+        )[tf.newaxis, :]  # [B,T]: the prompt and the tokens fed before this one
+        logits, cache, _ = generation_gpt2.decode_step(
+            params,
+            weights(),
+            config,
+            token,
+            lengths + step,
+            slot,
+            generation_gpt2.unstack_cache(cache, n_layer),
+            key_mask,
+            f32,
+        )
+        return {"logits": logits, "cache": generation_gpt2.stack_cache(cache)}
+
+    def generate(input_ids, lengths):
+        tokens, _ = generation_gpt2.generate(
+            params,
+            config,
+            input_ids,
+            lengths,
+            tf.constant(0, tf.int64),
+            output_len=output_len,
+            sampling=generation_gpt2.Sampling(greedy=True),
+            dtype=f32,
+        )
+        return {"tokens": tokens}
+
+    token_spec = tf.TensorSpec([None], tf.int32, name="token")
+    step_spec = tf.TensorSpec([], tf.int32, name="step")
+    with modeling_ops.plain_kernels():
+        signatures = {
+            "prefill": tf.function(prefill).get_concrete_function(ids_spec, lengths_spec),
+            "decode": tf.function(decode).get_concrete_function(
+                token_spec, lengths_spec, step_spec, cache_spec
+            ),
+            "generate": tf.function(generate).get_concrete_function(ids_spec, lengths_spec),
+        }
+    signatures[DEFAULT_SIGNATURE] = signatures["generate"]
+    module = tf.Module()
+    module.model = model
+    assets = {"config.json": config.to_hf_dict()}
+    files = tokenizer.files_beside(path)
+    if files:
+        assets["vocab.json"], assets["merges.txt"] = files
+    else:
+        notes.append(f"no vocab.json and merges.txt beside {path}: no tokenizer exported")
+    info = {
+        "family": "gpt2",
+        "task": "generation",
+        "source": os.path.abspath(path),
+        "signatures": sorted(signatures),
+        "inputs": {"input_ids": {"dtype": "int32", "shape": [None, input_len]},
+                   "lengths": {"dtype": "int32", "shape": [None]}},
+        "outputs": {f"{name}.{k}": {"dtype": t.dtype.name, "shape": t.shape.as_list()}
+                    for name, fn in sorted(signatures.items()) if name != DEFAULT_SIGNATURE
+                    for k, t in fn.structured_outputs.items()},
+        "input_len": input_len,
+        "output_len": output_len,
+        "cache_slots": slots,
+        "tokenizer": "vocab.json" if files else None,
+    }  # fmt: skip
+    return Exportable(module, signatures, assets, info, list(notes))
+
+
 # ----------------------------------------------------------------------------- families
 
-FAMILIES = {"bert": Family(BERT_TASKS, build_bert)}
+FAMILIES = {"bert": Family(BERT_TASKS, build_bert), "gpt2": Family(GPT2_TASKS, build_gpt2)}
 # config.json model_type -> family (a Hugging Face folder or a run that writes config.json).
 _FAMILY_OF_MODEL_TYPE = {"bert": "bert", "roberta": "bert", "gpt2": "gpt2"}
 
@@ -279,7 +402,7 @@ def _commit(stage, output_dir):
         shutil.rmtree(old)
 
 
-def export(path, output_dir, task=None, force=False):
+def export(path, output_dir, task=None, force=False, **lengths):
     """Write the SavedModel of the checkpoint at `path` to `output_dir` (see the module docstring).
 
     Args:
@@ -287,6 +410,7 @@ def export(path, output_dir, task=None, force=False):
       task: one of the family's tasks, or None to infer it from the run (BERT: its
         arguments.json task, else the heads in the checkpoint).
       force: replace a non-empty `output_dir`.
+      lengths: GPT-2's input_len / output_len (static prompt width and generated tokens).
     Returns:
       (info dict as written to assets/export_info.json, notes: one-line strings).
     """
@@ -302,7 +426,7 @@ def export(path, output_dir, task=None, force=False):
         raise UserError(
             f"--task {task} is not a {family} task; {family} exports {', '.join(entry.tasks)}"
         )
-    exportable = entry.build(path, task)
+    exportable = entry.build(path, task, **{k: v for k, v in lengths.items() if v is not None})
 
     import tensorflow as tf
 

@@ -99,27 +99,31 @@ class Session:
             )
         stop = self.tok.encode(args.stop_token, special_tokens=True) if args.stop_token else []
         self.stop_id = stop[0] if len(stop) == 1 else -1
-        if args.greedy:
+        try:
             sampling = generation_gpt2.Sampling(
-                greedy=True, repetition_penalty=args.repetition_penalty
-            )
-        else:
-            sampling = generation_gpt2.Sampling(
+                greedy=args.greedy,
                 temperature=args.temperature,
                 top_k=args.topk,
                 top_p=args.topp,
                 repetition_penalty=args.repetition_penalty,
             )
-        self.generator = generation_gpt2.Generator(
-            self.model,
-            batch=args.batch_size,
-            input_len=args.input_len,
-            output_len=args.output_len,
-            sampling=sampling,
-            dtype=dtype,
-            stop_id=self.stop_id,
-            xla=args.xla,
-        )
+        except ValueError as err:
+            raise UserError(
+                f"{err} (--temperature, --topk, --topp, --repetition-penalty)"
+            ) from None
+        try:
+            self.generator = generation_gpt2.Generator(
+                self.model,
+                batch=args.batch_size,
+                input_len=args.input_len,
+                output_len=args.output_len,
+                sampling=sampling,
+                dtype=dtype,
+                stop_id=self.stop_id,
+                xla=args.xla,
+            )
+        except ValueError as err:
+            raise UserError(f"{err} (--input-len, --output-len, --batch-size)") from None
 
     def compile(self):
         start = time.perf_counter()
@@ -201,7 +205,10 @@ def _prompt_batches(args):
 
 @cli_main
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_tool_args(OPTIONS, argv, PROG, __doc__.split("\n\n")[0])
+    if args.prompt is None and any(a == "--prompt" or a.startswith("--prompt=") for a in argv):
+        raise UserError("empty prompt: give at least one character of text")  # parsed as None
     warn_ipu_only(OPTIONS, args, PROG)
     batches = _prompt_batches(args)
     session = Session(args)

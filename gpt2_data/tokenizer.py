@@ -123,10 +123,21 @@ def load(vocab_file, merges_file):
     return GPT2Tokenizer(tokenizer, vocab[EOD_TOKEN], len(vocab), vocab_file, merges_file)
 
 
+def files_beside(path):
+    """(vocab.json, merges.txt) paths of a model's folder (a Hugging Face folder, a run directory
+    (its `hf/` folder, where train_gpt2.py copies them) or the folder of a checkpoint prefix), or
+    None when the folder lacks them."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    for candidate in (folder, os.path.join(folder, "hf")):
+        files = tuple(os.path.join(candidate, n) for n in ("vocab.json", "merges.txt"))
+        if all(os.path.isfile(f) for f in files):
+            return files
+    return None
+
+
 def for_checkpoint(path, vocab_file=None, merges_file=None):
-    """The GPT-2 BPE that goes with a model: the explicit files when given, else the vocab.json and
-    merges.txt of the checkpoint's folder (a Hugging Face folder, a run directory or the folder of
-    a checkpoint prefix; train_gpt2.py copies its tokenizer files into `RUN/hf`).
+    """The GPT-2 BPE that goes with a model: the explicit files when given, else the folder's
+    (`files_beside`).
 
     Raises:
       UserError: one line when only one of the two files is given, or when neither is given and
@@ -138,16 +149,10 @@ def for_checkpoint(path, vocab_file=None, merges_file=None):
         )
     if vocab_file:
         return load(vocab_file, merges_file)
-    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    if not os.path.isfile(os.path.join(folder, "vocab.json")) and os.path.isdir(
-        os.path.join(folder, "hf")
-    ):
-        folder = os.path.join(folder, "hf")  # a train_gpt2.py run directory
-    vocab, merges = (os.path.join(folder, n) for n in ("vocab.json", "merges.txt"))
-    missing = [f for f in (vocab, merges) if not os.path.isfile(f)]
-    if missing:
+    files = files_beside(path)
+    if files is None:
         raise UserError(
-            f"{missing[0]} not found: the model folder has no GPT-2 tokenizer files; give "
-            "--vocab-file (vocab.json / encoder.json) and --merges-file (merges.txt / vocab.bpe)"
+            f"{path}: no vocab.json and merges.txt beside the model; give --vocab-file "
+            "(vocab.json / encoder.json) and --merges-file (merges.txt / vocab.bpe)"
         )
-    return load(vocab, merges)
+    return load(*files)

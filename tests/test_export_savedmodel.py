@@ -369,7 +369,9 @@ def test_bad_input_is_one_line(runs, tmp_path, capsys):
     GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=11, n_positions=8).to_json_file(
         str(gpt2 / "config.json")
     )
-    _fails([str(gpt2), "--output_dir", out], capsys, r"is a gpt2 checkpoint: .* bert checkpoints")
+    _fails([str(gpt2), "--output_dir", out], capsys, r"has config.json but no weights")
+    _fails([bert_run := made["bert"][0], "--output_dir", out, "--input-len", "8"], capsys,
+           r"--input-len: GPT-2 exports only")  # fmt: skip
     other = tmp_path / "t5"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "t5"}))
@@ -377,7 +379,6 @@ def test_bad_input_is_one_line(runs, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     _fails([str(empty), "--output_dir", out], capsys, "no checkpoint in directory")
-    bert_run = made["bert"][0]
     _fails([bert_run, "--output_dir", out, "--task", "squad"], capsys, "has no squad head")
     _fails([bert_run, "--output_dir", out, "--task", "gpt"], capsys, "--task: must be one of")
     assert not os.path.exists(out)
