@@ -2,13 +2,16 @@
 """Export one of our checkpoints as a TensorFlow SavedModel for serving.
 
     python3 export_savedmodel.py RUN_DIR --output_dir D [--task pretraining|encoder|classifier|squad]
+    python3 export_savedmodel.py GPT2_RUN_OR_HF_FOLDER --output_dir D [--input-len 64 --output-len 128]
 
 RUN_DIR is a run directory of run_pretraining.py, run_classifier.py or run_squad.py (its latest
 checkpoint), a checkpoint prefix, or a Google/Hugging Face BERT checkpoint. The task defaults to
 the run's (arguments.json), else to the heads the checkpoint has. Signatures `serving_default` and
 the task's name take int32 `input_word_ids`, `input_mask`, `input_type_ids` [batch, seq]; the
 outputs by task, the assets and the inference settings are in serving.py's docstring and the
-README ("Serving"). D is written under a temporary name and renamed into place; a non-empty D is
+README ("Serving"). GPT-2 models export task `generation`: `prefill`, `decode` (the key/value cache in
+and out) and a greedy `generate` (serving_default) for prompts of --input-len and --output-len new
+tokens (serving.build_gpt2). D is written under a temporary name and renamed into place; a non-empty D is
 replaced only with --force.
 """
 

@@ -21,6 +21,10 @@ Inference only: float32, no dropout. The graph holds plain TensorFlow ops: no fu
 for XLA (`modeling_ops.plain_kernels`; TensorFlow Serving leaves XLA off by default) and
 GroupBERT's grouped convolution and projection take their portable forms (shifted products and an
 einsum; TensorFlow's grouped conv exists on CPU only in oneDNN builds).
+
+GPT-2 family (Hugging Face GPT-2 folders, train_gpt2.py runs): task `generation`, signatures
+`prefill`, `decode` and `generate` (= serving_default) over generation_gpt2's key/value cache; see
+`build_gpt2`.
 """
 
 import dataclasses
