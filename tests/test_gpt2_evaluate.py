@@ -345,6 +345,9 @@ def test_bad_input_is_one_line_and_nonzero_exit(tiny, tmp_path):
         ),  # fmt: skip
         (lmbd + ["--valid-data", LAMBADA, "--fp16", "--bf16"], "one of --fp16 and --bf16"),
         (wiki + ["--valid-data", WIKI_RAW, "--overlapping-eval", "200"], "exceeds --seq-length"),
+        (wiki + ["--valid-data", WIKI_RAW, "--task", "LAMBADA"], "evaluates WIKITEXT103"),
+        (wiki + ["--valid-data", WIKI_RAW, WIKI_TOKENS], "exactly one --valid-data"),
+        (wiki[:2] + ["--valid-data", WIKI_RAW], "--checkpoint-input-dir"),
         (["tasks/run_evaluate.sh", "wikitext"], "Dataset should be 'wiki' or 'lmbd'"),
         (["tasks/run_evaluate.sh"], "Dataset should be 'wiki' or 'lmbd'"),
         # The run script reads its paths from the environment and passes extra flags on.
