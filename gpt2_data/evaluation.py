@@ -147,7 +147,7 @@ def num_original_tokens(text):
     return len(text.strip().split(" "))
 
 
-def num_windows(num_tokens, seq_len, overlapping_eval):
+def num_windows(num_tokens, overlapping_eval):
     """Megatron's window count: max(ceil(max(targets - o, 0) / o) + 1, 1), targets = tokens - 1."""
     targets, o = num_tokens - 1, overlapping_eval
     return max(math.ceil(max(targets - o, 0) / o) + 1, 1)
@@ -170,7 +170,7 @@ def wiki_windows(tokens, seq_len, overlapping_eval, pad_id):
             f"--overlapping-eval must be in [1, --seq-length {seq_len}], got {overlapping_eval}"
         )
     tokens = np.asarray(tokens, np.int64)
-    n = num_windows(len(tokens), seq_len, overlapping_eval)
+    n = num_windows(len(tokens), overlapping_eval)
     ids = np.full((n, seq_len + 1), pad_id, np.int32)
     real = np.zeros((n, seq_len + 1), np.float32)
     for i in range(n):
