@@ -299,16 +299,23 @@ def _validate(v):
         _fail("--resume-training-from-checkpoint needs --checkpoint-input-dir (the run to resume)")
 
 
-def _warn_ignored(v, explicit):
+def warn_ignored(v, explicit, options=OPTIONS):
+    """One warning line on stderr listing the IPU-only options set (given and not at their
+    default), and one listing the options marked unused that are set.
+
+    Args:
+      v: {key: resolved value}; explicit: the keys given by the user; options: the schema.
+    """
+
     def changed(o):
         return o.key in explicit and v[o.key] != o.default
 
-    ipu = [o.key for o in OPTIONS if o.ipu_only and changed(o)]
+    ipu = [o.key for o in options if o.ipu_only and changed(o)]
     if ipu:
         print(
             f"warning: IPU-only flags have no effect on CPU/GPU: {', '.join(ipu)}", file=sys.stderr
         )
-    unused = [o.key for o in OPTIONS if o.unused and changed(o)]
+    unused = [o.key for o in options if o.unused and changed(o)]
     if unused:
         print(f"warning: flags with no effect here: {', '.join(unused)}", file=sys.stderr)
 
@@ -334,7 +341,7 @@ def parse(argv=None, description=""):
             v[key] = ",".join(v[key])
     _resolve_seed_era(v, explicit)
     _validate(v)
-    _warn_ignored(v, explicit)
+    warn_ignored(v, explicit)
     return _to_run_config(v, explicit, config_path)
 
 

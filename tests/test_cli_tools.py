@@ -40,7 +40,7 @@ def data_tools(package="bert_data"):
 def _help_commands():
     python = sys.executable
     commands = [[python, script, "--help"] for script in root_scripts()]
-    for package in ("bert_data", "gpt2_data"):
+    for package in ("bert_data", "gpt2_data", "tasks"):
         for name in data_tools(package):
             commands.append([python, os.path.join(package, f"{name}.py"), "--help"])
             commands.append([python, "-m", f"{package}.{name}", "--help"])
