@@ -11,6 +11,8 @@ positions) with random initial values; no stop token, so every system makes exac
   slots are padding (its own key/value cache); bf16 by the mixed_bfloat16 policy.
 - transformers: `GPT2LMHeadModel.generate(do_sample=False, min_new_tokens=max_new_tokens=128)`
   on PyTorch CPU with its key/value cache, bf16 by converting the model (torch.bfloat16).
+- matmul-floor: 128 steps of only the weight matmuls of one token per row (12 layers x 4 and the
+  output projection), XLA on and off: what decoding cannot go below on these kernels.
 
 Each measurement runs in its own subprocess after waiting for a quiet CPU (benchmarks/pretraining.py
 helpers): one call to compile and warm up, then `--steps` timed generations (median). Reported:
@@ -20,7 +22,8 @@ positions per row (`modeling_gpt2.flops_per_token(config, 128) / 3`: the mean co
 S x S attention counted) over the run's best measured matmul peak for the dtype.
 
     python3 benchmarks/gpt2_generation.py [--batch 1,8] [--precisions 32,bf16] [--steps 3]
-        [--xla both|on|off] [--no-keras] [--no-torch] [--wait-quiet 300] [--json out.json]
+        [--xla both|on|off] [--no-keras] [--no-torch] [--no-floor] [--wait-quiet 300]
+        [--json out.json]
 
 Smoke test (tiny sizes): --layers 2 --hidden 64 --heads 2 --vocab 1000 --steps 1 --wait-quiet 0.
 """
@@ -151,7 +154,45 @@ def worker_torch(args):
     return first, times, others, out["ids"][0, PROMPT : PROMPT + 8].tolist()
 
 
-WORKERS = {"ours": worker_ours, "keras-hub": worker_keras, "transformers": worker_torch}
+def worker_floor(args):
+    """The matmul floor of greedy decoding: a loop of NEW steps that only multiplies one vector
+    per row through every layer's four weight matrices and the output projection (no attention,
+    LayerNorm, cache or sampling). No generator can beat it on the same kernels."""
+    import tensorflow as tf
+
+    config = _config(args)
+    dtype = tf.as_dtype(DTYPES[args.precision])
+    e, i = config.n_embd, config.inner_size
+    rng = tf.random.Generator.from_seed(0)
+    shapes = [[e, 3 * e], [e, e], [e, i], [i, e]] * config.n_layer
+    weights = [tf.cast(rng.normal(s) * 0.02, dtype) for s in shapes]
+    head = tf.cast(rng.normal([config.vocab_size, e]) * 0.02, dtype)
+
+    @tf.function(jit_compile=args.xla_flag == "on")
+    def loop(x):
+        def body(t, x):
+            h = tf.cast(x, dtype)
+            for k in range(0, len(weights), 4):
+                qkv = tf.matmul(h, weights[k])
+                h = tf.matmul(qkv[:, :e], weights[k + 1])
+                h = tf.matmul(tf.nn.relu(tf.matmul(h, weights[k + 2])), weights[k + 3])
+            logits = tf.matmul(h, head, transpose_b=True)
+            nxt = tf.cast(tf.reduce_max(logits, -1, keepdims=True), tf.float32)
+            return t + 1, x + nxt * 1e-6  # the next step depends on this one's output
+
+        return tf.while_loop(lambda t, _: t < NEW, body, (0, x))[1]
+
+    x = tf.random.normal([args.batch, e], seed=0)
+    first, times, others = _time_steps(lambda: loop(x).numpy(), 0, args.steps)
+    return first, times, others, []
+
+
+WORKERS = {
+    "ours": worker_ours,
+    "keras-hub": worker_keras,
+    "transformers": worker_torch,
+    "matmul-floor": worker_floor,
+}
 
 
 def worker(args):
@@ -161,7 +202,7 @@ def worker(args):
 
     peak = (
         training.measured_peak_flops(DTYPES[args.precision])
-        if args.worker != "transformers"
+        if args.worker in ("ours", "keras-hub")
         else 0.0
     )
     flops = modeling_gpt2.flops_per_token(_config(args), NEW) / 3 * (PROMPT + NEW)  # per row
@@ -202,6 +243,7 @@ def report(results):
         peak = peaks[r["precision"]]
         r["mfu"] = r["seq_per_s"] * r["flops_per_sequence"] / peak if peak else 0.0
         xla = "-" if r["system"] == "transformers" else ("on" if r["xla"] else "off")
+        r["mfu"] = r["mfu"] if r["system"] != "matmul-floor" else 0.0
         print(f"{r['system']:<13}{r['precision']:<6}{r['batch']:>6}{xla:>6}"
               f"{r['tokens_per_s']:>10.1f}{r['ms_per_token']:>10.2f}{r['mfu']:>7.1%}"
               f"{r['peak_rss_mb']:>9.0f}{r['first_s']:>9.1f}{r['mean_other_cores']:>7.2f}")  # fmt: skip
@@ -215,6 +257,10 @@ def report(results):
                     ratio = ours["tokens_per_s"] / other["tokens_per_s"]
                     mark = "met" if ratio >= TARGET else "MISSED"
                     print(f"  {precision} batch {batch}: ours/{peer} {ratio:.2f}x ({mark})")
+            floor = _best(results, system="matmul-floor", precision=precision, batch=batch)
+            if ours and floor:
+                share = ours["tokens_per_s"] / floor["tokens_per_s"]
+                print(f"  {precision} batch {batch}: ours runs at {share:.0%} of the matmul floor")
 
 
 def main():
@@ -225,6 +271,7 @@ def main():
     parser.add_argument("--xla", choices=("both", "on", "off"), default="both")
     parser.add_argument("--no-keras", action="store_true")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--no-floor", action="store_true", help="skip the matmul-floor rows")
     parser.add_argument("--wait-quiet", type=float, default=300)
     parser.add_argument("--json")
     for flag in ("--layers", "--hidden", "--heads", "--vocab"):
@@ -259,6 +306,10 @@ def main():
                 if not args.no_torch:
                     results.append(
                         run_worker("transformers", batch, precision, False, args, config_file)
+                    )
+                for xla in () if args.no_floor else xlas:
+                    results.append(
+                        run_worker("matmul-floor", batch, precision, xla, args, config_file)
                     )
     report(results)
     if args.json:
