@@ -62,6 +62,10 @@ def write_tensors(prefix, tensors, also=None):
     """
     directory = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(directory, exist_ok=True)
+    for stale in glob.glob(
+        os.path.join(glob.escape(directory), f".tmp-{glob.escape(os.path.basename(prefix))}-*")
+    ):
+        os.remove(stale)  # left by a save of this name that was killed
     temp = os.path.join(directory, f".tmp-{os.path.basename(prefix)}-{os.getpid()}")
     names = list(tensors)
     tf.raw_ops.SaveV2(
@@ -73,7 +77,11 @@ def write_tensors(prefix, tensors, also=None):
     if also is not None:
         also(temp)
     moves = [(f, prefix + f[len(temp) :]) for f in _files(temp)]
-    moves.sort(key=lambda m: m[1].endswith(".index"))
+    moves.sort(key=lambda m: m[1] == prefix + ".index")  # the index last: it makes the checkpoint
+    if os.path.exists(prefix + ".index"):
+        # Overwriting a checkpoint of the same name: hide the old one first, so that a kill between
+        # the renames never pairs the old index (and its checksums) with the new data files.
+        os.remove(prefix + ".index")
     for src, dst in moves:
         os.replace(src, dst)
 
