@@ -119,7 +119,7 @@ def check(files, run):
                 if data_entry and value and data_entry["sha256"] != value["sha256"]:
                     raise UserError(
                         f"{where} was made with {key} {describe_file(data_entry)} but this run "
-                        f"uses {source} {describe_file(value)}: use the {key} file the data was "
+                        f"uses {source}: {describe_file(value)}; use the {key} file the data was "
                         "made with"
                     )
             elif key in found and found[key] != value:
