@@ -35,11 +35,14 @@ def contiguous_share(total, index, count):
     return range(index * total // count, (index + 1) * total // count)
 
 
-def find_parts(path):
+def find_parts(path, suffix=""):
     """The parts written for `path` by a sharded run, in shard order.
 
+    Args:
+      path: an output of the single run (for a Megatron corpus, its prefix).
+      suffix: the part files' ending after the part number (".bin" for a Megatron prefix).
     Returns:
-      list of N paths `path.part-K-of-N`, K = 0..N-1.
+      list of N paths `path.part-K-of-N`, K = 0..N-1 (without `suffix`).
     Raises:
       UserError: no parts, parts of two different N, or a missing part (named).
     """
@@ -47,18 +50,19 @@ def find_parts(path):
     base = os.path.basename(path)
     counts = {}
     for name in os.listdir(directory) if os.path.isdir(directory) else ():
-        match = _PART.search(name)
+        if not name.endswith(suffix):
+            continue
+        match = _PART.search(name[: len(name) - len(suffix)])
         if match and name[: match.start()] == base:
             counts.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
     if not counts:
-        raise UserError(f"no parts found for {path} (expected {path}.part-K-of-N files)")
+        raise UserError(f"no parts found for {path} (expected {path}.part-K-of-N{suffix} files)")
     if len(counts) > 1:
         found = ", ".join(f"of-{n}" for n in sorted(counts))
         raise UserError(f"parts of {path} from runs with different --num-shards ({found})")
     ((count, indices),) = counts.items()
     missing = [k for k in range(count) if k not in indices]
     if missing:
-        raise UserError(
-            f"missing part {part_path(path, missing[0], count)}: run shard {missing[0]}"
-        )
+        first = part_path(path, missing[0], count) + suffix
+        raise UserError(f"missing part {first}: run shard {missing[0]}")
     return [part_path(path, k, count) for k in range(count)]

@@ -182,21 +182,23 @@ class PretrainingTask:
                     f"{self.files[0]} holds packed ids from create_mlm_data.py: set "
                     "model_type roberta"
                 )
-            fingerprint.check(self.files, self.fingerprint_settings())
             if self.roberta:
                 self.num_samples = mlm.check_files(self.files, seq, vocab)
             else:
                 self.num_samples = pretraining.check_files(
                     self.files, seq, masks, self.pipe.static_mask, vocab
                 )
+            # After the first file's checks (they say how to fix the config): every file's
+            # fingerprint, which also knows the vocab and casing the data was made with.
+            fingerprint.check(self.files, self.fingerprint_settings())
         self.eval_files = None
         if data.eval_file:
             self.eval_files = pretraining.expand_train_files(data.eval_file)
-            fingerprint.check(self.eval_files, self.fingerprint_settings())
             if self.roberta:
                 mlm.check_files(self.eval_files, seq, vocab)
             else:
                 pretraining.check_files(self.eval_files, seq, masks, self.pipe.static_mask, vocab)
+            fingerprint.check(self.eval_files, self.fingerprint_settings())
 
     def fingerprint_settings(self):
         """The run's side of the data-fingerprint check (`common.fingerprint.check`): vocab or
