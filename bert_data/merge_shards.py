@@ -43,20 +43,6 @@ def part_table(outputs):
     return parts
 
 
-def common_fingerprint(paths):
-    """The fingerprint the parts share (None if none has one); a one-line error if they differ."""
-    found = [fingerprint.load(p) for p in paths]
-    if not any(found):
-        return None
-    for path, other in zip(paths, found):
-        if other != found[0]:
-            raise UserError(
-                f"the parts were made with different settings: {fingerprint.path_of(path)} "
-                f"differs from {fingerprint.path_of(paths[0])}"
-            )
-    return found[0]
-
-
 def merge(outputs):
     """Writes each output from its parts (atomically); returns the records per output."""
     parts = part_table(outputs)
@@ -67,7 +53,7 @@ def merge(outputs):
         ]
     except ValueError as err:
         raise UserError(f"cannot merge: {err}") from None
-    stamp = common_fingerprint([p for row in parts for p in row])
+    stamp = fingerprint.agreed([p for row in parts for p in row])
     paths = list(outputs) + ([fingerprint.path_of(p) for p in outputs] if stamp else [])
     for path in outputs:
         ensure_output_dir(path)

@@ -81,6 +81,22 @@ def load(data_path):
     return found
 
 
+def agreed(paths):
+    """The fingerprint the parts `paths` of a sharded build share (None if none has one).
+
+    Raises:
+      UserError: two parts made with different settings (both fingerprints named).
+    """
+    found = [load(p) for p in paths]
+    for part, other in zip(paths, found):
+        if other != found[0]:
+            raise UserError(
+                f"the parts were made with different settings: {path_of(part)} differs from "
+                f"{path_of(paths[0])}"
+            )
+    return found[0]
+
+
 def describe_file(entry):
     size = f"{entry['size']} entries, " if "size" in entry else ""
     return f"{entry['file']} ({size}sha256 {entry['sha256'][:12]})"

@@ -36,17 +36,6 @@ CLI_OPTIONS = [
 ]  # fmt: skip
 
 
-def _common_fingerprint(parts):
-    found = [fingerprint.load(p) for p in parts]
-    for part, other in zip(parts, found):
-        if other != found[0]:
-            raise UserError(
-                f"the parts were made with different settings: {fingerprint.path_of(part)} "
-                f"differs from {fingerprint.path_of(parts[0])}"
-            )
-    return found[0]
-
-
 def merge(prefix):
     """Writes `prefix.bin/.idx` (and fingerprint) from its parts; returns (documents, tokens)."""
     parts = find_parts(prefix, ".bin")
@@ -64,7 +53,7 @@ def merge(prefix):
                 f"{parts[k]}.idx has {len(part)} documents but shard {k} of {num_shards} should "
                 f"have {expected} (of {total}): were all parts made from the same input?"
             )
-    stamp = _common_fingerprint(parts)
+    stamp = fingerprint.agreed(parts)
     paths = [f"{prefix}.bin", f"{prefix}.idx"] + ([fingerprint.path_of(prefix)] if stamp else [])
     ensure_output_dir(prefix)
     tokens = 0

@@ -210,6 +210,8 @@ def test_merge_rejects_parts_of_another_input(tmp_path, tiny):
     for k, name in enumerate(("a.jsonl", "b.jsonl")):
         flags = ["--input", str(tmp_path / name), "--shard-index", str(k), "--num-shards", "2"]
         preprocess_data.run(_args(tmp_path, tiny, *flags))
-    with pytest.raises(UserError, match="part-0-of-2.idx has 18 documents but shard 0 of 2 should have 10"):
+    with pytest.raises(
+        UserError, match="part-0-of-2.idx has 18 documents but shard 0 of 2 should have 10"
+    ):
         merge_shards.merge(str(tmp_path / "out_text_document"))
     assert not (tmp_path / "out_text_document.bin").exists()
