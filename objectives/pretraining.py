@@ -10,6 +10,7 @@ vocab_size comes from tokenizer_file when the config leaves it null.
 """
 
 import dataclasses
+import functools
 import os
 
 import model_config
@@ -177,20 +178,20 @@ class PretrainingTask:
             self.files, self.num_samples = None, GENERATED_SAMPLES
         else:
             self.files = pretraining.expand_train_files(data.train_file)
-            if not self.roberta and mlm.is_mlm_data(self.files[0]):
-                raise UserError(
-                    f"{self.files[0]} holds packed ids from create_mlm_data.py: set "
-                    "model_type roberta"
-                )
             if self.roberta:
                 self.num_samples = mlm.check_files(self.files, seq, vocab)
             else:
+                if mlm.is_mlm_data(self.files[0]):
+                    raise UserError(
+                        f"{self.files[0]} holds packed ids from create_mlm_data.py: set "
+                        "model_type roberta"
+                    )
                 self.num_samples = pretraining.check_files(
                     self.files, seq, masks, self.pipe.static_mask, vocab
                 )
             # After the first file's checks (they say how to fix the config): every file's
             # fingerprint, which also knows the vocab and casing the data was made with.
-            fingerprint.check(self.files, self.fingerprint_settings())
+            fingerprint.check(self.files, self.fingerprint_settings)
         self.eval_files = None
         if data.eval_file:
             self.eval_files = pretraining.expand_train_files(data.eval_file)
@@ -198,8 +199,9 @@ class PretrainingTask:
                 mlm.check_files(self.eval_files, seq, vocab)
             else:
                 pretraining.check_files(self.eval_files, seq, masks, self.pipe.static_mask, vocab)
-            fingerprint.check(self.eval_files, self.fingerprint_settings())
+            fingerprint.check(self.eval_files, self.fingerprint_settings)
 
+    @functools.cached_property
     def fingerprint_settings(self):
         """The run's side of the data-fingerprint check (`common.fingerprint.check`): vocab or
         tokenizer (by sha256) when the run names one, else the model's vocab_size; casing when set
