@@ -12,6 +12,12 @@ empty documents are skipped, as Megatron does. Ids are uint16 when the vocabular
 `--json-keys` key. The bytes equal Megatron's for the same input and do not depend on `--workers`
 (documents are written in input order).
 
+`--shard-index K --num-shards N` splits the work over N machines: each reads the whole input and
+tokenizes documents K, K+N, ... into `<prefix>_<key>_document.part-K-of-N.bin/.idx` (empty documents
+kept, as empty sequences); `python3 -m gpt2_data.merge_shards` joins the parts into the single run's
+bytes. Every output gets a fingerprint, `<prefix>_<key>_document.fingerprint.json` (vocab and merges
+sha256, `--append-eod`, key, dtype), which `train_gpt2.py --dataset mmap` checks.
+
 Input: `--input` is a file or comma-separated globs (sorted). Formats (`--input-format`, default
 auto: `.json`/`.jsonl` names and files starting with `{` are JSON lines, files starting with `<doc`
 are WikiExtractor output, anything else is text with blank lines between documents); see
