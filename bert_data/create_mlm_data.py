@@ -34,11 +34,13 @@ import numpy as np
 from bert_data import records
 from bert_data.create_bpe_tokenizer import BOS, EOS, PAD, load_tokenizer
 from bert_data.create_pretraining_data import expand_inputs, read_chunks
+from common import fingerprint
 from common.cli import Option, build_tool_parser
 from common.errors import UserError, cli_main
 from common.fileio import atomic_outputs, ensure_output_dir
 
 FEATURES = ("input_ids", "input_mask")
+TOOL_VERSION = 1  # raise when the same flags start writing different records
 CHUNK_BYTES = 1 << 24
 ENCODE_BATCH = 1024  # documents per encode_batch call (the Rust side tokenises them in parallel)
 
@@ -163,12 +165,22 @@ def run(args):
     packer = Packer(args.sequence_length, ids[BOS], ids[EOS], ids[PAD])
     stats = {"documents": 0, "text_tokens": 0, "sequences": 0, "padding": 0}
     total_bytes = sum(os.path.getsize(f) for f in files)
+    stamp = fingerprint.make(
+        "bert_data.create_mlm_data",
+        TOOL_VERSION,
+        vocab=fingerprint.file_entry(args.tokenizer_file, tokenizer.get_vocab_size()),
+        sequence_length=args.sequence_length,
+        layout="packed",
+        seed=args.seed,
+    )
+    stamps = [fingerprint.path_of(path) for path in outputs]
     with (
-        atomic_outputs(outputs) as handles,
+        atomic_outputs(outputs + stamps) as all_handles,
         tqdm(
             total=total_bytes, unit="B", unit_scale=True, disable=args.quiet, desc="text"
         ) as progress,
     ):
+        handles = all_handles[: len(outputs)]
         for index, documents in enumerate(read_chunks(files, CHUNK_BYTES)):
             if args.seed is not None:
                 random.Random(f"{args.seed}-{index}").shuffle(documents)
@@ -181,6 +193,8 @@ def run(args):
         _write(handles, packer.take(final=True), stats)
         if stats["documents"] == 0:
             raise UserError(f"input has no text (only blank lines): {args.input_file}")
+        for handle in all_handles[len(outputs) :]:
+            handle.write(fingerprint.text(stamp).encode())
     seconds = time.time() - start
     print(
         f"wrote {stats['sequences']} sequences of {args.sequence_length} tokens to "

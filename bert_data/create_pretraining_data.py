@@ -42,10 +42,13 @@ from numpy.random import SeedSequence, default_rng  # imported once here, not in
 
 from bert_data import records
 from bert_data.tokenization import FullTokenizer, check_casing, check_special_tokens
-from common import cli
+from common import cli, fingerprint
 from common.cli import Option
 from common.errors import UserError, cli_main
 from common.fileio import atomic_outputs, ensure_output_dir
+from common.shards import check_shard, contiguous_share, part_path
+
+TOOL_VERSION = 1  # raise when the same flags start writing different records
 
 STAT_KEYS = (
     "documents",
@@ -533,6 +536,9 @@ def _check_args(args):
         raise UserError(f"--duplication-factor {args.duplication_factor} must be at least 1")
     if args.chunk_size_mb <= 0:
         raise UserError(f"--chunk-size-mb {args.chunk_size_mb} must be positive")
+    check_shard(args.shard_index, args.num_shards)
+    if args.num_shards > 1 and args.max_samples >= 0:
+        raise UserError("--max-samples counts instances of the whole run: not with --num-shards")
 
 
 def _option(group, key, kind, default, text, google=None):
@@ -561,6 +567,9 @@ OPTIONS = (
     _option(_DATA, "max_samples", "int", -1, "stop after this many instances (-1: all)"),
     _option(_RUN, "num_workers", "int", os.cpu_count() or 1, "parallel worker processes"),
     _option(_RUN, "chunk_size_mb", "float", 0.25, "text per unit of work (bounds memory)"),
+    _option(_RUN, "shard_index", "int", 0, "with --num-shards N: the share of this machine, 0 to N-1"),
+    _option(_RUN, "num_shards", "int", 1, "build on N machines: each writes OUTPUT.part-K-of-N, "
+            "bert_data.merge_shards joins them into the single run's bytes"),
     _option(_RUN, "quiet", "bool", False, "no progress bar"),
 )  # fmt: skip
 REQUIRED = ("input_file", "output_file", "vocab_file")
@@ -629,6 +638,7 @@ def _chunk_config(args, tok, num_shards):
         "sep_id": tok.vocab["[SEP]"],
         "mask_id": tok.vocab["[MASK]"],
         "num_shards": num_shards,
+        "first_chunk": 0,
     }
 
 
@@ -641,7 +651,7 @@ def _ordered_results(chunks, cfg, num_workers, scratch_dir):
     """
     if num_workers <= 1:
         for index, ranges in enumerate(chunks):
-            yield _size(ranges), *build_chunk(index, ranges, cfg)
+            yield _size(ranges), *build_chunk(cfg["first_chunk"] + index, ranges, cfg)
         return
     workers = _start_workers(num_workers, cfg, scratch_dir)
     finished = False
@@ -705,7 +715,7 @@ def _worker_loop(conn, cfg, scratch_dir):
     while (task := conn.recv()) is not None:
         index, ranges = task
         try:
-            data, lengths, stats = build_chunk(index, ranges, cfg)
+            data, lengths, stats = build_chunk(cfg["first_chunk"] + index, ranges, cfg)
             path = os.path.join(scratch_dir, f"chunk-{index}")
             with open(path, "wb") as f:
                 f.write(data)
@@ -729,11 +739,20 @@ def _size(ranges):
 
 
 def run(args):
-    """Runs the whole conversion; returns the stats dict (also printed as a summary)."""
+    """Runs the whole conversion; returns the stats dict (also printed as a summary).
+
+    With --num-shards N, the chunks (cut from the whole input exactly as in a single run) are
+    divided into N contiguous runs and shard --shard-index K builds run K, with the single run's
+    per-chunk seeds, into `OUTPUT.part-K-of-N` for each output. Its records are dealt over the
+    outputs as if it were a run of its own; `bert_data.merge_shards` undoes that rotation and
+    concatenates the parts into the single run's bytes.
+    """
     start = time.time()
     _check_args(args)
     files = expand_inputs(args.input_file)
-    outputs = _outputs(args.output_file)
+    outputs = [
+        part_path(path, args.shard_index, args.num_shards) for path in _outputs(args.output_file)
+    ]
     total_bytes = sum(os.path.getsize(f) for f in files)
     if total_bytes == 0:
         raise UserError(f"input is empty: {args.input_file}")
@@ -742,8 +761,16 @@ def run(args):
     check_casing(tok.vocab, args.do_lower_case, args.vocab_file)
     _TOKENIZER[(args.vocab_file, args.do_lower_case)] = tok  # forked workers inherit it
     cfg = _chunk_config(args, tok, len(outputs))
+    chunks = plan_chunks(files, int(args.chunk_size_mb * 2**20))
+    if args.num_shards > 1:
+        planned = list(chunks)  # byte ranges only: cheap, and needed to know this shard's share
+        share = contiguous_share(len(planned), args.shard_index, args.num_shards)
+        chunks, cfg["first_chunk"] = planned[share.start : share.stop], share.start
+        total_bytes = sum(map(_size, chunks))
     stats = dict.fromkeys(STAT_KEYS, 0)
-    with atomic_outputs(outputs) as handles, contextlib.ExitStack() as stack:
+    stamps = [fingerprint.path_of(path) for path in outputs]
+    with atomic_outputs(outputs + stamps) as handles, contextlib.ExitStack() as stack:
+        handles, stamp_handles = handles[: len(outputs)], handles[len(outputs) :]
         scratch = None  # workers hand finished chunks over as files here
         if args.num_workers > 1:
             scratch = stack.enter_context(
@@ -752,7 +779,6 @@ def run(args):
                 )
             )
         progress = stack.enter_context(_progress_bar(total_bytes, args.quiet))
-        chunks = plan_chunks(files, int(args.chunk_size_mb * 2**20))
         results = stack.enter_context(
             contextlib.closing(_ordered_results(chunks, cfg, args.num_workers, scratch))
         )
@@ -767,11 +793,35 @@ def run(args):
                 stats[key] += chunk_stats[key]
             if 0 <= args.max_samples <= stats["instances"]:
                 break
-        if stats["documents"] == 0:
+        if stats["documents"] == 0 and args.num_shards == 1:
             raise UserError(f"input has no text (only blank lines): {args.input_file}")
+        text = fingerprint.text(data_fingerprint(args, tok)).encode()
+        for handle in stamp_handles:
+            handle.write(text)
     stats["seconds"] = time.time() - start
     print(_format_summary(stats, stats["seconds"], args.sequence_length, outputs), file=sys.stderr)
     return stats
+
+
+def data_fingerprint(args, tok):
+    """What the records were made with (`common.fingerprint`); the same for every output and
+    every shard."""
+    return fingerprint.make(
+        "bert_data.create_pretraining_data",
+        TOOL_VERSION,
+        vocab=fingerprint.file_entry(args.vocab_file, max(tok.inv_vocab) + 1),
+        do_lower_case=args.do_lower_case,
+        sequence_length=args.sequence_length,
+        mask_tokens=args.mask_tokens,
+        layout="remask" if args.remask else "standard",
+        duplication_factor=args.duplication_factor,
+        mlm_prob=args.mlm_prob,
+        short_seq_prob=args.short_seq_prob,
+        seed=args.seed,
+        whole_word_masking=args.whole_word_masking,
+        pad_position_value=args.pad_position_value if args.remask else None,
+        max_samples=args.max_samples,
+    )
 
 
 def _progress_bar(total_bytes, quiet):

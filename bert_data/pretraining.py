@@ -15,6 +15,7 @@ import numpy as np
 
 from bert_data import records
 from bert_data.records import parse_example
+from common import fingerprint
 from common.errors import UserError
 
 SHUFFLE_BUFFER = 10000
@@ -45,7 +46,7 @@ def expand_train_files(spec):
     """Comma-separated glob patterns -> sorted file list; one-line error if a pattern matches nothing."""
     files = []
     for pattern in [p.strip() for p in (spec or "").split(",") if p.strip()]:
-        matches = sorted(glob.glob(pattern))
+        matches = [m for m in sorted(glob.glob(pattern)) if not fingerprint.is_fingerprint(m)]
         if not matches:
             raise UserError(f"train_file pattern matches no file: {pattern}")
         files += [m for m in matches if m not in files]

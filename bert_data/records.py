@@ -13,6 +13,7 @@ TensorFlow) is for readers.
 """
 
 import functools
+import os
 import struct
 
 import google_crc32c
@@ -333,6 +334,31 @@ def read_records(path):
             raise ValueError(f"{path}: corrupt record data at byte {offset}")
         yield record
         offset = end + 4
+
+
+def count_records(path):
+    """Number of records in a TFRecord file, from the length fields alone (seeks, no data read).
+
+    Raises:
+      ValueError naming the file and byte offset when the framing does not end at the file's end
+      (a truncated file) or a length field is corrupt.
+    """
+    size = os.path.getsize(path)
+    count = offset = 0
+    with open(path, "rb") as f:
+        while offset < size:
+            f.seek(offset)
+            header = f.read(12)
+            if len(header) < 12:
+                raise ValueError(f"{path}: truncated record header at byte {offset}")
+            (length,) = struct.unpack("<Q", header[:8])
+            if struct.unpack("<I", header[8:])[0] != _masked_crc(header[:8]):
+                raise ValueError(f"{path}: corrupt record length at byte {offset}")
+            offset += 16 + length
+            count += 1
+    if offset != size:
+        raise ValueError(f"{path}: truncated record at the end ({size} bytes, {offset} expected)")
+    return count
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -12,6 +12,12 @@ empty documents are skipped, as Megatron does. Ids are uint16 when the vocabular
 `--json-keys` key. The bytes equal Megatron's for the same input and do not depend on `--workers`
 (documents are written in input order).
 
+`--shard-index K --num-shards N` splits the work over N machines: each reads the whole input and
+tokenizes documents K, K+N, ... into `<prefix>_<key>_document.part-K-of-N.bin/.idx` (empty documents
+kept, as empty sequences); `python3 -m gpt2_data.merge_shards` joins the parts into the single run's
+bytes. Every output gets a fingerprint, `<prefix>_<key>_document.fingerprint.json` (vocab and merges
+sha256, `--append-eod`, key, dtype), which `train_gpt2.py --dataset mmap` checks.
+
 Input: `--input` is a file or comma-separated globs (sorted). Formats (`--input-format`, default
 auto: `.json`/`.jsonl` names and files starting with `{` are JSON lines, files starting with `<doc`
 are WikiExtractor output, anything else is text with blank lines between documents); see
@@ -31,12 +37,15 @@ if __package__ in (None, ""):  # run as a file: import from the repository root
 
 import numpy as np
 
+from common import fingerprint
 from common.cli import Option
 from common.errors import UserError, cli_main
 from common.fileio import atomic_outputs, ensure_output_dir
+from common.shards import check_shard, part_path
 from gpt2_data import corpus, megatron
 from gpt2_data import tokenizer as gpt2_tokenizer
 
+TOOL_VERSION = 1  # raise when the same flags start writing different bytes
 UINT16_VOCAB_LIMIT = 65500  # Megatron's best_fitting_dtype: uint16 below this vocabulary size
 
 CLI_OPTIONS = [
@@ -55,6 +64,9 @@ CLI_OPTIONS = [
            metavar="FILE"),
     Option("append_eod", "bool", False, "End every non-empty document with <|endoftext|>."),
     Option("workers", "int", 1, "Tokenizing processes; the output does not depend on it."),
+    Option("shard_index", "int", 0, "With --num-shards N: the documents of this machine, 0 to N-1."),
+    Option("num_shards", "int", 1, "Build on N machines: shard K tokenizes documents K, K+N, ... "
+           "into <prefix>_<key>_document.part-K-of-N.bin/.idx; gpt2_data.merge_shards joins them."),
     Option("chunk_size", "int", 25, "Documents handed to a worker at a time."),
     Option("log_interval", "int", 100, "Documents between updates of the progress counts."),
     Option("tokenizer_type", "str", "GPT2BPETokenizer", "Accepted for Megatron's command line.",
@@ -101,6 +113,7 @@ def run(args):
     corpus.check_positive(
         workers=args.workers, chunk_size=args.chunk_size, log_interval=args.log_interval
     )
+    check_shard(args.shard_index, args.num_shards)
     tok = gpt2_tokenizer.load(args.vocab_file, args.merge_file)
     files = corpus.expand_inputs(args.input)
     formats = [corpus.detect_format(f) if args.input_format == "auto" else args.input_format
@@ -108,32 +121,57 @@ def run(args):
     keys = list(dict.fromkeys(args.json_keys))
     if len(keys) > 1 and set(formats) != {"jsonl"}:
         raise UserError(f"--json-keys {' '.join(keys)}: several keys need JSON lines input")
-    prefixes = [f"{args.output_prefix}_{key}_document" for key in keys]
+    shard, num_shards = args.shard_index, args.num_shards
+    prefixes = [
+        part_path(f"{args.output_prefix}_{key}_document", shard, num_shards) for key in keys
+    ]
     ensure_output_dir(prefixes[0])
     dtype = output_dtype(tok.vocab_size)
     counts = {key: [0, 0] for key in keys}
     paths = [p + ext for p in prefixes for ext in (".bin", ".idx")]
+    stamps = {key: data_fingerprint(args, tok, key, dtype) for key in keys}
+    paths += [fingerprint.path_of(p) for p in prefixes]
     with atomic_outputs(paths) as handles, corpus.byte_progress(files, "preprocess_data") as bar:
+        handles, stamp_handles = handles[: 2 * len(keys)], handles[2 * len(keys) :]
         writers = [megatron.IndexWriter(b, i, dtype) for b, i in zip(handles[::2], handles[1::2])]
         tasks = (
             (place, payload, fmt)
             for path, fmt in zip(files, formats)
             for place, payload in corpus.read_documents(path, fmt, bar)
         )
+        if num_shards > 1:  # documents shard, shard + N, ...: parsed everywhere, tokenized here
+            tasks = (t for i, t in enumerate(tasks) if i % num_shards == shard)
         init = (args.vocab_file, args.merge_file, keys, args.append_eod)
         results = corpus.ordered_map(_encode, tasks, args.workers, _init_worker, init,
                                      args.chunk_size)  # fmt: skip
         for done, per_key in enumerate(results, 1):
             for key, writer, ids in zip(keys, writers, per_key):
-                if ids.size:  # Megatron skips empty documents altogether
+                # Megatron skips empty documents altogether; a part keeps them (as empty
+                # sequences) so that the merge knows every document's place.
+                if ids.size or num_shards > 1:
                     writer.add(ids)
-                    counts[key][0] += 1
+                    counts[key][0] += bool(ids.size)
                     counts[key][1] += ids.size
             if done % args.log_interval == 0:
                 bar.set_postfix(documents=done, tokens=counts[keys[0]][1], refresh=False)
         for writer in writers:
             writer.finish()
+        for key, handle in zip(keys, stamp_handles):
+            handle.write(fingerprint.text(stamps[key]).encode())
     return {key: tuple(c) for key, c in counts.items()}
+
+
+def data_fingerprint(args, tok, key, dtype):
+    """What a corpus was made with (`common.fingerprint`); the same for every shard."""
+    return fingerprint.make(
+        "gpt2_data.preprocess_data",
+        TOOL_VERSION,
+        vocab=fingerprint.file_entry(args.vocab_file, tok.vocab_size),
+        merges=fingerprint.file_entry(args.merge_file),
+        append_eod=args.append_eod,
+        json_key=key,
+        dtype=np.dtype(dtype).name,
+    )
 
 
 def parse_args(argv=None):
@@ -146,9 +184,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     for key, (docs, tokens) in run(args).items():
-        print(
-            f"wrote {args.output_prefix}_{key}_document.bin/.idx: {docs} documents, {tokens} tokens"
+        prefix = part_path(
+            f"{args.output_prefix}_{key}_document", args.shard_index, args.num_shards
         )
+        print(f"wrote {prefix}.bin/.idx: {docs} documents, {tokens} tokens")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import numpy as np
 
 import model_config_gpt2
 import options_gpt2
+from common import fingerprint
 from common.errors import UserError
 from objectives import causal_lm
 
@@ -268,6 +269,13 @@ class GPT2Task:
                 prefix = prefix[: -len(suffix)]
         data = megatron.IndexedDataset(prefix)
         _check_ids(np.asarray(data.tokens), self.config.vocab_size, prefix + ".bin")
+        # The ids fit the model; the fingerprint also knows the vocab and merges they came from.
+        run = {"vocab_size": (self.config.vocab_size, "the model config's vocab_size")}
+        for key, flag in (("vocab", "vocab_file"), ("merges", "merges_file")):
+            path = getattr(a, flag)
+            if path:
+                run[key] = (fingerprint.file_entry(path), f"--{flag.replace('_', '-')} {path}")
+        fingerprint.check([prefix], run)
         n_docs = len(data)
         train_docs = np.arange(max(1, int(TRAIN_DOCUMENT_FRACTION * n_docs)))
         tokens = int(np.sum(data.sizes[train_docs], dtype=np.int64))

@@ -10,9 +10,11 @@ vocab_size comes from tokenizer_file when the config leaves it null.
 """
 
 import dataclasses
+import functools
 import os
 
 import model_config
+from common import fingerprint
 from common.errors import UserError
 
 MLM_WEIGHT_EPSILON = 1e-5  # MLM loss denominator: sum(weights) + this (the reference's)
@@ -187,6 +189,9 @@ class PretrainingTask:
                 self.num_samples = pretraining.check_files(
                     self.files, seq, masks, self.pipe.static_mask, vocab
                 )
+            # After the first file's checks (they say how to fix the config): every file's
+            # fingerprint, which also knows the vocab and casing the data was made with.
+            fingerprint.check(self.files, self.fingerprint_settings)
         self.eval_files = None
         if data.eval_file:
             self.eval_files = pretraining.expand_train_files(data.eval_file)
@@ -194,6 +199,43 @@ class PretrainingTask:
                 mlm.check_files(self.eval_files, seq, vocab)
             else:
                 pretraining.check_files(self.eval_files, seq, masks, self.pipe.static_mask, vocab)
+            fingerprint.check(self.eval_files, self.fingerprint_settings)
+
+    @functools.cached_property
+    def fingerprint_settings(self):
+        """The run's side of the data-fingerprint check (`common.fingerprint.check`): vocab or
+        tokenizer (by sha256) when the run names one, else the model's vocab_size; casing when set
+        explicitly (it does not change pretraining itself); sequence length, masks and layout."""
+        cfg = self.cfg
+        where = cfg.source
+        run = {"sequence_length": (cfg.data.seq_length, f"seq_length, {where('seq_length')}")}
+        if self.roberta:
+            run["layout"] = ("packed", "model_type roberta")
+            path = cfg.data.tokenizer_file
+            if path and os.path.isfile(path):
+                entry = fingerprint.file_entry(path, self.masking.vocab_size)
+                run["vocab"] = (entry, f"tokenizer_file {path} ({where('tokenizer_file')})")
+        else:
+            static = cfg.model.static_mask
+            run["layout"] = (
+                "remask" if static else "standard",
+                f"static_mask {str(static).lower()}, {where('static_mask')}",
+            )
+            run["mask_tokens"] = (
+                self.pipe.max_predictions_per_seq,
+                f"max_predictions_per_seq, {where('max_predictions_per_seq')}",
+            )
+            path = cfg.data.vocab_file
+            if path:
+                with open(path, "rb") as f:
+                    lines = sum(1 for _ in f)
+                entry = fingerprint.file_entry(path, lines)
+                run["vocab"] = (entry, f"vocab_file {path} ({where('vocab_file')})")
+        if "vocab" not in run:
+            run["vocab_size"] = (self.config.vocab_size, where("vocab_size"))
+        if cfg.is_explicit("do_lower_case"):
+            run["do_lower_case"] = (cfg.data.do_lower_case, where("do_lower_case"))
+        return run
 
     @property
     def samples_per_epoch(self):

@@ -605,3 +605,72 @@ def test_missing_required_flags_is_one_line_error(tmp_path):
     result = run_cli("--input_file", SAMPLE)
     assert result.returncode != 0
     assert result.stderr.strip() == "error: missing --output-file, --vocab-file (see --help)"
+
+
+def _sharded_argv(tmp_path, vocab, outputs, *extra):
+    return ["--input-file", SAMPLE, "--vocab-file", vocab, "--do-lower-case", "--quiet",
+            "--output-file", ",".join(str(tmp_path / o) for o in outputs),
+            "--chunk-size-mb", "0.002", "--duplication-factor", "1", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("num_shards", [2, 3])
+def test_merged_shards_equal_the_single_run(tmp_path, small_vocab, num_shards):
+    """N machines' parts, merged, are the single run's bytes, outputs and fingerprints alike;
+    four outputs, so that the shards' record counts rotate the round-robin."""
+    from bert_data import merge_shards
+
+    names = ["a.tfrecord", "b.tfrecord", "c.tfrecord", "d.tfrecord"]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "parts").mkdir()
+    cpd.run(cpd.build_parser().parse_args(_sharded_argv(tmp_path / "one", small_vocab, names)))
+    counts = []
+    for k in range(num_shards):
+        flags = ["--shard-index", str(k), "--num-shards", str(num_shards)]
+        flags += ["--num-workers", str(1 + k % 2)]  # one shard with worker processes
+        stats = cpd.run(
+            cpd.build_parser().parse_args(
+                _sharded_argv(tmp_path / "parts", small_vocab, names, *flags)
+            )
+        )
+        counts.append(stats["instances"])
+    assert any(c % len(names) for c in counts[:-1])  # the rotation is exercised
+    assert not (tmp_path / "parts" / "a.tfrecord").exists()
+    merge_shards.main(["--output-file", ",".join(str(tmp_path / "parts" / n) for n in names)])
+    for name in names:
+        for suffix in ("", ".fingerprint.json"):
+            single = _read_bytes(tmp_path / "one" / (name + suffix))
+            assert _read_bytes(tmp_path / "parts" / (name + suffix)) == single, name + suffix
+    assert len(list(read_records(tmp_path / "one" / "a.tfrecord"))) > 20
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--shard-index", "2", "--num-shards", "2"], "--shard-index 2 is out of range for --num-shards 2: use 0 to 1"),
+        (["--shard-index", "-1", "--num-shards", "3"], "--shard-index -1 is out of range"),
+        (["--num-shards", "0"], "--num-shards 0 must be at least 1"),
+        (["--num-shards", "2", "--max-samples", "5"], "--max-samples counts instances of the whole run"),
+    ],
+)  # fmt: skip
+def test_bad_shard_flags_are_one_line(tmp_path, small_vocab, flags, message):
+    result = run_cli(*_sharded_argv(tmp_path, small_vocab, ["o.tfrecord"], *flags))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not list(tmp_path.glob("o.tfrecord*"))
+
+
+def test_merge_names_a_missing_part(tmp_path, small_vocab):
+    argv = _sharded_argv(
+        tmp_path, small_vocab, ["o.tfrecord"], "--shard-index", "1", "--num-shards", "3"
+    )
+    cpd.run(cpd.build_parser().parse_args(argv))
+    result = subprocess.run(
+        [sys.executable, "-m", "bert_data.merge_shards", "--output-file", str(tmp_path / "o.tfrecord")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: missing part {tmp_path}/o.tfrecord.part-0-of-3: run shard 0"
+    )
+    assert not (tmp_path / "o.tfrecord").exists()

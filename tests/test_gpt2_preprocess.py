@@ -156,3 +156,62 @@ def test_bad_input_is_one_line_naming_file_and_line_and_writes_nothing(tmp_path,
 def test_missing_input_names_the_pattern(tmp_path, tiny):
     with pytest.raises(UserError, match=r"--input .*nothing\*\.json matches no file"):
         preprocess_data.run(_args(tmp_path, tiny, "--input", str(tmp_path / "nothing*.json")))
+
+
+@pytest.mark.parametrize("num_shards", [2, 3])
+def test_merged_shards_equal_the_single_run(tmp_path, tiny, num_shards):
+    """N machines' parts, merged, are the single run's .bin/.idx and fingerprint bytes (the
+    input has empty documents, which only the merge may drop)."""
+    from gpt2_data import merge_shards
+
+    _jsonl(tmp_path / "in.jsonl", TEXTS[:-3])
+    common = ["--input", str(tmp_path / "in.jsonl"), "--append-eod", "--chunk-size", "2"]
+    preprocess_data.run(_args(tmp_path / "one", tiny, *common))
+    for k in range(num_shards):
+        flags = [
+            "--shard-index",
+            str(k),
+            "--num-shards",
+            str(num_shards),
+            "--workers",
+            str(1 + k % 2),
+        ]
+        preprocess_data.run(_args(tmp_path / "parts", tiny, *common, *flags))
+    assert not (tmp_path / "parts" / "out_text_document.bin").exists()
+    merge_shards.main(["--output-prefix", str(tmp_path / "parts" / "out")])
+    for ext in (".bin", ".idx", ".fingerprint.json"):
+        single = (tmp_path / "one" / f"out_text_document{ext}").read_bytes()
+        assert (tmp_path / "parts" / f"out_text_document{ext}").read_bytes() == single, ext
+    assert len(IndexedDataset(str(tmp_path / "one" / "out_text_document"))) > 10
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--shard-index", "3", "--num-shards", "3"], "--shard-index 3 is out of range for --num-shards 3: use 0 to 2"),
+        (["--num-shards", "0"], "--num-shards 0 must be at least 1"),
+    ],
+)  # fmt: skip
+def test_bad_shard_flags_are_one_line(tmp_path, tiny, flags, message):
+    vocab, merges = tiny
+    _jsonl(tmp_path / "in.jsonl", TEXTS)
+    before = sorted(os.listdir(tmp_path))
+    done = _run_cli(["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "o"),
+                     "--vocab", vocab, "--merge-file", merges, *flags])  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip() == f"error: {message}"
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_merge_rejects_parts_of_another_input(tmp_path, tiny):
+    from gpt2_data import merge_shards
+
+    _jsonl(tmp_path / "a.jsonl", TEXTS)
+    _jsonl(tmp_path / "b.jsonl", TEXTS[:4])
+    for k, name in enumerate(("a.jsonl", "b.jsonl")):
+        flags = ["--input", str(tmp_path / name), "--shard-index", str(k), "--num-shards", "2"]
+        preprocess_data.run(_args(tmp_path, tiny, *flags))
+    with pytest.raises(
+        UserError, match="part-0-of-2.idx has 18 documents but shard 0 of 2 should have 10"
+    ):
+        merge_shards.merge(str(tmp_path / "out_text_document"))
+    assert not (tmp_path / "out_text_document.bin").exists()

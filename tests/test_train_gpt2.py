@@ -374,3 +374,35 @@ def test_starts_from_a_hugging_face_folder(capsys, tmp_path):
     assert set(after) <= set(before) and len(after) == 28
     for name in after:
         assert before[name].tobytes() == after[name].tobytes(), name
+
+
+def test_megatron_fingerprint_names_another_vocab(capsys, tmp_path):
+    """A corpus from one vocab/merges, trained with --vocab-file of another: one line naming both;
+    with the corpus's own files it trains, and so does a corpus without a fingerprint."""
+    from common import fingerprint
+    from gpt2_data import preprocess_data
+    from tests.test_gpt2_tokenizer import TINY_MERGES, tiny_vocab_files
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, vocab, merges = tiny_vocab_files(tmp_path / "a", TINY_MERGES)
+    _, other_vocab, _ = tiny_vocab_files(tmp_path / "b", TINY_MERGES[:-1])
+    docs = tmp_path / "docs.txt"
+    docs.write_text("the other there's aaaaaaa x\n\nthey're here and there\n\n" * 40)
+    preprocess_data.main(["--input", str(docs), "--output-prefix", str(tmp_path / "c"),
+                          "--vocab-file", vocab, "--merge-file", merges, "--append-eod"])  # fmt: skip
+    capsys.readouterr()
+    prefix = str(tmp_path / "c_text_document")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**TINY, "vocab_size": 300}))
+    args = tiny_args(str(config), tmp_path / "out", "--training-steps", 2)
+    args[args.index("generated")] = "mmap"
+    args += ["--input-files", prefix]
+    fails(capsys, [*args, "--vocab-file", other_vocab, "--merges-file", merges],
+          f"{prefix} (fingerprint {prefix}.fingerprint.json) was made with vocab vocab.json")  # fmt: skip
+    code, out, err = run(capsys, *args, "--vocab-file", vocab, "--merges-file", merges)
+    assert code == 0 and "final: loss: " in out, err
+    os.remove(fingerprint.path_of(prefix))
+    args[args.index(tmp_path / "out")] = tmp_path / "out2"
+    code, out, err = run(capsys, *args, "--vocab-file", other_vocab, "--merges-file", merges)
+    assert code == 0 and "final: loss: " in out, err
