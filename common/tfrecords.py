@@ -82,6 +82,9 @@ class DamageLog:
         )
 
 
+BLOCK = 64  # records summed at a time (per-record tf.data functions would double the reading cost)
+
+
 def file_records(path, log):
     """tf.data.Dataset of the serialised records of one TFRecord file (a string tensor, so that it
     can be the function of an `interleave`), checked as the module docstring says."""
@@ -91,11 +94,12 @@ def file_records(path, log):
     def check(name, good_bytes):
         return np.int64(log.met(name.decode(), int(good_bytes)))
 
-    end = tf.data.Dataset.from_tensors((tf.constant(b""), tf.constant(True)))
-    marked = tf.data.TFRecordDataset(path).ignore_errors().map(lambda r: (r, tf.constant(False)))
+    blocks = tf.data.TFRecordDataset(path).ignore_errors().batch(BLOCK)
+    marked = blocks.map(lambda r: (r, tf.constant(False)))
+    end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), tf.constant(True)))
 
     def count(good, item):
-        record, last = item
+        block, last = item
         # stateful=False: tf.data does not checkpoint iterators whose functions are stateful. The
         # call only notes the file and offset (idempotently); its output is used below, so it is
         # not pruned.
@@ -104,14 +108,14 @@ def file_records(path, log):
             lambda: tf.numpy_function(check, [path, good], tf.int64, stateful=False),
             lambda: tf.constant(0, tf.int64),
         )
-        framed = tf.cast(tf.strings.length(record), tf.int64) + 16
-        return good + framed, (record, last, verdict)
+        framed = tf.reduce_sum(tf.cast(tf.strings.length(block), tf.int64) + 16)
+        return good + framed, (block, last, verdict)
 
     scanned = marked.concatenate(end).scan(tf.constant(0, tf.int64), count)
     kept = scanned.filter(
-        lambda r, last, verdict: tf.logical_and(tf.logical_not(last), verdict == 0)
+        lambda b, last, verdict: tf.logical_and(tf.logical_not(last), verdict == 0)
     )
-    return kept.map(lambda r, last, verdict: r)
+    return kept.map(lambda b, last, verdict: b).unbatch()
 
 
 def records(files, log):

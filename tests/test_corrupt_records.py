@@ -16,7 +16,7 @@ from tests.run_outputs import run_script
 from tests.test_run_pretraining import SCRIPT, STEP_LINE, local, run_dirs, small_run_args
 from tests.test_train_gpt2 import tiny_config  # noqa: F401 (a fixture)
 
-STEPS = 14
+STEPS = 30
 SKIP = "--skip-corrupt-records"
 ERROR = re.compile(
     r"error: (\S+): damaged TFRecord data at byte (\d+) of (\d+) \(.*\); "
@@ -47,10 +47,10 @@ def args(save_path, train_file, vocab, *extra):
 
 
 def damaged(tmp_path, source, offsets, how):
-    """A copy of `source` damaged at record SHUFFLE_BUFFER + 100; returns (path, record offset).
-    The readers meet it while filling the shuffle buffer of a step around 8-12 (tf.data reads a
-    few dozen records ahead), so some steps complete and the run ends later."""
-    k = SHUFFLE_BUFFER + 100
+    """A copy of `source` damaged at record SHUFFLE_BUFFER + 200; returns (path, record offset).
+    The readers meet it while refilling the shuffle buffer, around step 15-25 (tf.data reads up to
+    about a hundred records ahead), so some steps complete before and the run ends after."""
+    k = SHUFFLE_BUFFER + 200
     start = int(offsets[k])
     with open(source, "rb") as f:
         data = bytearray(f.read())
