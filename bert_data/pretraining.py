@@ -166,9 +166,8 @@ def shuffled_records(files, pipe, seed, shard=(1, 0)):
     if shard[0] > 1:
         ds = ds.shard(*shard)
     ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
-    log = pipe.damage
     ds = ds.interleave(
-        lambda path: tfrecords.file_records(path, log),
+        tfrecords.reader(pipe.damage),
         cycle_length=max(1, min(pipe.parallel_io_threads, len(files))),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=not pipe.sloppy_parallel_interleave,

@@ -7,15 +7,17 @@ on to its next file (TensorFlow does so on purpose, or the same error would repe
 records of a damaged file from its first damaged record to its end are lost, even those after the
 damage that would still read; records before it and every other file are read as usual.
 
-`file_records(path, log)` reads one file that way and then checks that the records it read add up
+`reader(log)(path)` reads one file that way and then checks that the records it read add up
 to the file's size (each record is its data plus 16 bytes of framing). If they do not, the records
 stopped at byte `sum` of that file and the `DamageLog` notes (file, byte offset). The reader never
 raises: whoever owns the log decides (training.py stops the run at the next step boundary, or with
 `skip` goes on without the rest of the file). An error raised inside tf.data would be kept in its
 read-ahead buffers, and so in a checkpoint's data position, and come back on resume even after the
-file is fixed. The check runs once per file and pass; undamaged data gives exactly the records, in
-exactly the order, of a plain `tf.data.TFRecordDataset`, whichever the setting. A file cut exactly
-at a record boundary cannot be told from a shorter file and reads as one.
+file is fixed. Sizes are summed in the graph per block of BLOCK records (so a file is read up to
+that many records ahead) and compared in Python once per file and pass; undamaged data gives
+exactly the records, in exactly the order, of a plain `tf.data.TFRecordDataset`, whichever the
+setting. A file cut exactly at a record boundary cannot be told from a shorter file and reads as
+one.
 """
 
 import dataclasses
@@ -85,43 +87,57 @@ class DamageLog:
 BLOCK = 64  # records summed at a time (per-record tf.data functions would double the reading cost)
 
 
-def file_records(path, log):
-    """tf.data.Dataset of the serialised records of one TFRecord file (a string tensor, so that it
-    can be the function of an `interleave`), checked as the module docstring says."""
+def reader(log):
+    """A function path -> tf.data.Dataset of the serialised records of one TFRecord file, checked
+    as the module docstring says (path a string tensor: for `interleave` and `flat_map`).
+
+    Its functions are plain TensorFlow ops, kept out of AutoGraph (which would convert this
+    dataset-building Python and its closures, and trips over them)."""
     import numpy as np
     import tensorflow as tf
+
+    plain = tf.autograph.experimental.do_not_convert
 
     def check(name, good_bytes):
         return np.int64(log.met(name.decode(), int(good_bytes)))
 
-    blocks = tf.data.TFRecordDataset(path).ignore_errors().batch(BLOCK)
-    marked = blocks.map(lambda r: (r, tf.constant(False)))
-    end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), tf.constant(True)))
+    @plain
+    def mark(block):
+        return block, tf.constant(False)
 
-    def count(good, item):
-        block, last = item
-        # stateful=False: tf.data does not checkpoint iterators whose functions are stateful. The
-        # call only notes the file and offset (idempotently); its output is used below, so it is
-        # not pruned.
-        verdict = tf.cond(
-            last,
-            lambda: tf.numpy_function(check, [path, good], tf.int64, stateful=False),
-            lambda: tf.constant(0, tf.int64),
-        )
-        framed = tf.reduce_sum(tf.cast(tf.strings.length(block), tf.int64) + 16)
-        return good + framed, (block, last, verdict)
+    @plain
+    def keep(block, last, verdict):
+        return tf.logical_and(tf.logical_not(last), verdict == 0)
 
-    scanned = marked.concatenate(end).scan(tf.constant(0, tf.int64), count)
-    kept = scanned.filter(
-        lambda b, last, verdict: tf.logical_and(tf.logical_not(last), verdict == 0)
-    )
-    return kept.map(lambda b, last, verdict: b).unbatch()
+    @plain
+    def drop_marks(block, last, verdict):
+        return block
+
+    @plain
+    def read(path):
+        def count(good, item):
+            block, last = item
+            # stateful=False: tf.data does not checkpoint iterators whose functions are stateful.
+            # The call only notes the file and offset (idempotently); its output is used by
+            # `keep`, so it is not pruned.
+            verdict = tf.cond(
+                last,
+                lambda: tf.numpy_function(check, [path, good], tf.int64, stateful=False),
+                lambda: tf.constant(0, tf.int64),
+            )
+            framed = tf.reduce_sum(tf.cast(tf.strings.length(block), tf.int64) + 16)
+            return good + framed, (block, last, verdict)
+
+        blocks = tf.data.TFRecordDataset(path).ignore_errors().batch(BLOCK).map(mark)
+        end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), tf.constant(True)))
+        scanned = blocks.concatenate(end).scan(tf.constant(0, tf.int64), plain(count))
+        return scanned.filter(keep).map(drop_marks).unbatch()
+
+    return read
 
 
 def records(files, log):
     """The records of `files`, file after file (what `tf.data.TFRecordDataset(files)` reads)."""
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensor_slices(list(files)).flat_map(
-        lambda path: file_records(path, log)
-    )
+    return tf.data.Dataset.from_tensor_slices(list(files)).flat_map(reader(log))

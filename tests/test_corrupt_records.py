@@ -70,6 +70,32 @@ def _losses(out):
     return [tuple(s) for s in STEP_LINE.findall(out)]
 
 
+@pytest.mark.parametrize("how", ["intact", "truncated", "flipped"])
+def test_reader_reads_up_to_the_damage_and_notes_file_and_byte(tmp_path, long_records, how):
+    """common.tfrecords against TensorFlow's own reader: the same records in the same order up to
+    the damage, TensorFlow's DataLossError at that record, and the damage's file and byte noted."""
+    import tensorflow as tf
+
+    from common import tfrecords
+
+    source, offsets = long_records
+    path, offset = (source, None) if how == "intact" else damaged(tmp_path, source, offsets, how)
+    log = tfrecords.DamageLog()
+    got = [r.numpy() for r in tfrecords.records([path], log)]
+    expected = []
+    try:
+        for record in tf.data.TFRecordDataset(path):
+            expected.append(record.numpy())
+    except tf.errors.DataLossError as err:
+        assert how != "intact" and re.search(r"(corrupted|truncated) record at \d+", err.message)
+    assert got == expected
+    if how == "intact":
+        assert log.damages == [] and len(got) == len(offsets) - 1
+    else:
+        assert log.damages == [tfrecords.Damage(path, offset, os.path.getsize(path))]
+        assert int(offsets[len(got)]) == offset
+
+
 @pytest.mark.parametrize("how,iterations", [("truncated", 1), ("flipped", 2)])
 def test_damage_stops_with_one_line_and_a_checkpoint_that_resumes(
     tmp_path, capsys, long_records, sample_vocab, how, iterations
