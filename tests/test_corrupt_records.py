@@ -12,7 +12,7 @@ import pytest
 
 from bert_data import records
 from bert_data.pretraining import SHUFFLE_BUFFER
-from tests.run_outputs import run_script
+from tests.run_outputs import read_events, run_script
 from tests.test_run_pretraining import SCRIPT, STEP_LINE, local, run_dirs, small_run_args
 from tests.test_train_gpt2 import tiny_config  # noqa: F401 (a fixture)
 
@@ -119,6 +119,9 @@ def test_damage_stops_with_one_line_and_a_checkpoint_that_resumes(
     (skip_dir,) = run_dirs(tmp_path / "skip")
     with open(os.path.join(skip_dir, "log.txt")) as f:
         assert summary[0] in f.read()
+    events = read_events(skip_dir)
+    assert list(events["input/damaged_files"].values()) == [1]
+    assert list(events["input/skipped_bytes"].values()) == [size - offset]
 
     broken = run_script(SCRIPT, *args(tmp_path / "run", path, sample_vocab, *extra))
     assert broken.returncode == 2, broken.stderr[-2000:]
