@@ -197,6 +197,10 @@ OPTIONS = [
         O("parallel_io_threads", "int", 4, "files read and parsed in parallel"),
         O("sloppy_parallel_interleave", "bool", False,
           "allow non-deterministic file interleaving (reference default true; ours false: exact resume)"),
+        O("skip_corrupt_records", "bool", False, "a damaged TFRecord file (cut short or failing "
+          "a checksum): skip the rest of it from its first damaged record, count it and go on "
+          "(false: checkpoint the last completed step and stop with one line naming file and "
+          "byte)"),
         O("generated_data", "bool", False, "random host-generated data; no train_file needed"),
         O("synthetic_data", "bool", False, "random data kept on the device, no input pipeline"),
         O("dataset_repeat", "int", 1, "dataset repeats", unused=True),

@@ -102,6 +102,10 @@ OPTIONS = [
         O("stride", "int", 128, "pickle: window stride in tokens"),
         O("seed", "int", 1234, "seed of the model's initial values, the data order and dropout"),
         O("num_workers", "int", 4, "parallel reads and parses of the input pipeline"),
+        O("skip_corrupt_records", "bool", False, "--dataset tfrecord: skip the rest of a damaged "
+          "file (cut short or failing a checksum) from its first damaged record, count it and go "
+          "on (false: checkpoint the last completed step and stop with one line naming file and "
+          "byte)"),
         O("val_num", "int", 0, "pickle samples held out (the reference never used them)",
           unused=True),
         O("async_dataloader", "bool", False, "asynchronous loading (tf.data always prefetches)",
@@ -366,7 +370,9 @@ def _to_run_config(v, explicit, config_path):
     )
     groups = dict(
         model=options.defaults("model"),
-        data=options.defaults("data", seq_length=v["max_len"]),
+        data=options.defaults(
+            "data", seq_length=v["max_len"], skip_corrupt_records=v["skip_corrupt_records"]
+        ),
         optimizer=options.defaults(
             "optimizer",
             optimizer=optimizer,

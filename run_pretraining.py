@@ -49,6 +49,7 @@ def main(argv=None):
         samples_per_epoch=task.samples_per_epoch,
         flops_per_sample=task.flops_per_sample(),
         evaluate=task.evaluator(model),
+        damage=task.damage,
     )
     if result.evaluation:
         final = {f"eval_{k}": v for k, v in result.evaluation.items()}

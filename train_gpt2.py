@@ -71,6 +71,7 @@ def main(argv=None):
         notes=task.notes,
         evaluate=task.evaluator(model),
         line_format=line_format(task.steps_per_epoch, cfg.loop.device_iterations),
+        damage=task.damage,
     )
     if result.run_dir and not result.stopped:
         import interop_gpt2

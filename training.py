@@ -15,6 +15,11 @@ not import options) and restores only its own native checkpoints (`--restore-dir
 Determinism and resume: dropout masks come from stateless RNG seeded by (seed, step, micro-batch), the
 data order from seeded tf.data ops whose iterator state is checkpointed, so a run resumed from
 `ckpt-N` continues the exact trajectory of the uninterrupted run.
+
+Damaged input (a TFRecord cut short or failing a checksum, noted by the readers of
+common/tfrecords.py): the loop saves the last completed step through the usual checkpoints (data
+position included) and stops with one line naming the file and byte; with skip_corrupt_records it
+goes on without the rest of that file and reports what was skipped.
 """
 
 import dataclasses
@@ -397,6 +402,7 @@ def _restore(cfg, trainer, iterator, run):
         f"resumed from {prefix} at step {int(trainer.global_step.numpy())}"
         + ("" if resumed_data else " (no data position saved: data restarts)")
     )
+    return prefix
 
 
 def train(
@@ -409,6 +415,7 @@ def train(
     evaluate=None,
     notes=(),
     line_format=None,
+    damage=None,
 ):
     """Runs `cfg.loop.num_train_steps` optimizer steps; returns a `TrainResult`.
 
@@ -423,6 +430,8 @@ def train(
       notes: lines to log once the run directory exists (e.g. what was loaded before the loop).
       line_format: optional callable(step, epoch, metrics, samples/s, tokens/s, mfu or None,
         step seconds, total seconds) -> the console line (default: BERT's reference line).
+      damage: the common.tfrecords.DamageLog of the dataset's (and evaluation's) TFRecord
+        readers, if any: damaged files it notes stop the run, or with its `skip` are reported.
     """
     if cfg.loop.compile_only:
         return _compile_only(cfg, trainer, dataset)
@@ -436,7 +445,7 @@ def train(
         config=cfg.flat(),
     )
     try:
-        loop = _Loop(cfg, trainer, dataset, run, samples_per_epoch, evaluate, line_format)
+        loop = _Loop(cfg, trainer, dataset, run, samples_per_epoch, evaluate, line_format, damage)
         return loop.run(flops_per_sample, notes)
     finally:
         run.close()
@@ -445,7 +454,9 @@ def train(
 class _Loop:
     """One call of `train`: state shared by its steps."""
 
-    def __init__(self, cfg, trainer, dataset, run, samples_per_epoch, evaluate, line_format=None):
+    def __init__(
+        self, cfg, trainer, dataset, run, samples_per_epoch, evaluate, line_format=None, damage=None
+    ):
         self.cfg, self.trainer, self.run_log, self.evaluate = cfg, trainer, run, evaluate
         self.format_line = line_format or _format_line
         self.logging = cfg.logging
@@ -453,6 +464,9 @@ class _Loop:
         self.iterator = iter(dataset)  # a plain iterator: its position goes into every checkpoint
         self.replicas = trainer.strategy.num_replicas_in_sync
         self.evaluation = None
+        self.damage = damage
+        self.reported = 0  # damages of `damage` already logged (skip_corrupt_records)
+        self.saved = None  # (step, prefix) of the newest checkpoint
 
     def next_batches(self):
         """The inputs of one call: `device_iterations` step inputs."""
@@ -481,7 +495,8 @@ class _Loop:
         for line in notes:
             run.log(line)
         if cfg.checkpoint.restore_dir:
-            _restore(cfg, trainer, self.iterator, run)
+            prefix = _restore(cfg, trainer, self.iterator, run)
+            self.saved = (int(trainer.global_step.numpy()) - 1, prefix)
         peak = _flops_peak(flops_per_sample, trainer, loop.precision, run)
         total, n = loop.num_train_steps, trainer.iterations
         first = int(trainer.global_step.numpy())
@@ -502,6 +517,7 @@ class _Loop:
         profiler = _Profiler(loop, run.dir)
         with _Stop() as stop:
             for call_start in range(first, total, n):
+                self._check_damage()
                 last_step = call_start + n - 1
                 wants_grads = _due(self.logging.steps_per_tensorboard, call_start, n)
                 t = time.time()
@@ -533,6 +549,7 @@ class _Loop:
                     prefix = checkpoints.save(
                         run.dir, last_step, trainer.state, self.iterator, cfg.checkpoint.max_to_keep
                     )
+                    self.saved = (last_step, prefix)
                     if stop.requested:
                         run.log(
                             f"{stop.requested}: saved {prefix}; resume with --restore-dir {run.dir}"
@@ -541,9 +558,61 @@ class _Loop:
                 _check_skips(trainer, last_step)
         bar.close()
         profiler.close()
+        self._check_damage()
         if self.evaluate is not None and not stop.requested:
             self._evaluate(total - 1)
+        self._check_damage(summary=True)
         return TrainResult(metrics, run.dir, self.evaluation, bool(stop.requested))
+
+    def _check_damage(self, summary=False):
+        """Damaged TFRecords met by the readers since the last check: a line each and, at the end
+        (`summary`), one summary line and the counts with skip_corrupt_records; else the run stops.
+
+        It is called between compiled calls, so the step that completed last is clear: a call's
+        whole input (device_iterations steps, each with its GA micro-batches, for every replica)
+        is taken from the iterator on the host before the call starts, the call is synchronous,
+        and the readers never raise (they note the damage and end that file; tf.data reads ahead,
+        so the damage is met up to a shuffle buffer before its records would be trained on). So
+        weights, optimizer slots, loss scale and global_step are those after the last completed
+        call (global_step - 1 is its last step), no update is partly applied, and the iterator
+        has given exactly the elements those steps trained on: the checkpoint saved here resumes
+        like any other. Its data position is the reader's, which has left the damaged file for
+        this pass (even if the file is fixed before resuming; later passes read it whole).
+        """
+        if self.damage is None:
+            return
+        if not self.damage.skip and self.damage.damages:
+            self._stop(self.damage.damages[0])
+        for d in self.damage.damages[self.reported :]:
+            self.run_log.log(f"warning: {d.describe()}: skipping the rest of that file")
+        self.reported = len(self.damage.damages)
+        line = self.damage.summary()
+        if summary and line:
+            self.run_log.log(line)
+            counts = {
+                "input/damaged_files": len(self.damage.damages),
+                "input/skipped_bytes": sum(d.size - d.offset for d in self.damage.damages),
+            }
+            self.run_log.scalars(max(int(self.trainer.global_step.numpy()) - 1, 0), counts)
+
+    def _stop(self, damage):
+        """Checkpoint the last completed step (unless saved already) and stop in one line."""
+        trainer, run = self.trainer, self.run_log
+        step = int(trainer.global_step.numpy()) - 1
+        then = f"resume from {run.dir}"
+        if step < 0:
+            saved, then = "no step had completed: nothing saved", "run again"
+        else:
+            if self.saved is None or self.saved[0] != step:
+                prefix = checkpoints.save(
+                    run.dir, step, trainer.state, self.iterator, self.cfg.checkpoint.max_to_keep
+                )
+                self.saved = (step, prefix)
+            saved = f"the last completed step {step} is saved as {self.saved[1]}"
+        raise UserError(
+            f"{damage.describe()}; {saved}; {then} once the file is fixed or removed, or with "
+            "--skip-corrupt-records"
+        )
 
     def _check_finite(self, per_step, call_start):
         if self.trainer.dynamic is not None:
@@ -587,6 +656,7 @@ class _Loop:
 
     def _evaluate(self, step):
         result = dict(self.evaluate(step))
+        self._check_damage()  # before reporting a result of partial data
         count = result.pop("sequences", None)
         self.evaluation = result
         where = f"eval at step {step}" + (f" ({int(count)} sequences)" if count else "")

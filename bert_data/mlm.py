@@ -26,6 +26,7 @@ from bert_data import pretraining
 from bert_data.create_bpe_tokenizer import BOS, EOS, MASK, SPECIAL_TOKENS, load_tokenizer
 from bert_data.pretraining import batch_steps
 from bert_data.records import parse_example
+from common import tfrecords
 from common.errors import UserError
 from common.hashing import fmix32
 
@@ -74,7 +75,7 @@ def parse_spec(seq_length):
     return {name: tf.io.FixedLenFeature([seq_length], tf.int64) for name in FEATURES}
 
 
-def check_files(files, seq_length, vocab_size, sample=200):
+def check_files(files, seq_length, vocab_size, sample=200, skip_damage=False):
     """Checks MLM data against the config before any graph is built.
 
     Reads the first records of the first file: layout (packed ids, not BERT's masked instances),
@@ -84,7 +85,7 @@ def check_files(files, seq_length, vocab_size, sample=200):
       Estimated number of records in all files (from the mean record size).
     """
     path = files[0]
-    head = pretraining.read_head(path, sample)
+    head = pretraining.read_head(path, sample, skip_damage)
     ex = parse_example(head[0])
     if "masked_lm_ids" in ex or "masked_labels" in ex:
         raise UserError(
@@ -287,7 +288,7 @@ def eval_dataset(files, pipe, masking, seed=0):
     import tensorflow as tf
 
     spec = parse_spec(pipe.seq_length)
-    ds = tf.data.TFRecordDataset(files).enumerate()
+    ds = tfrecords.records(files, pipe.damage).enumerate()
     ds = ds.map(lambda i, r: {"record": r, "epoch": tf.constant(0, tf.int64), "index": i})
     ds = ds.batch(pipe.micro_batch_size)
     parse = _parse_and_mask(spec, _mask_fn(pipe, seed, masking))

@@ -15,7 +15,7 @@ import numpy as np
 
 from bert_data import records
 from bert_data.records import parse_example
-from common import fingerprint
+from common import fingerprint, tfrecords
 from common.errors import UserError
 
 SHUFFLE_BUFFER = 10000
@@ -31,6 +31,8 @@ class Pipeline:
       micro_batch_size, gradient_accumulation_count: elements are [GA, micro_batch, ...].
       parallel_io_threads: files read and parsed in parallel.
       sloppy_parallel_interleave: allow a non-deterministic interleave (no exact resume).
+      damage: common.tfrecords.DamageLog of the run: notes damaged TFRecord files and either stops
+        the pipeline there or skips the rest of them (default: a log of its own, which stops).
     """
 
     seq_length: int
@@ -40,6 +42,9 @@ class Pipeline:
     gradient_accumulation_count: int = 1
     parallel_io_threads: int = 4
     sloppy_parallel_interleave: bool = False
+    damage: tfrecords.DamageLog = dataclasses.field(
+        default_factory=tfrecords.DamageLog, compare=False
+    )
 
 
 def expand_train_files(spec):
@@ -55,8 +60,11 @@ def expand_train_files(spec):
     return files
 
 
-def read_head(path, sample):
-    """The first `sample` serialised records of a TFRecord file (at least one, else UserError)."""
+def read_head(path, sample, skip_damage=False):
+    """The first `sample` serialised records of a TFRecord file (at least one, else UserError).
+
+    A damaged record among them is an error, unless `skip_damage` and records precede it (the
+    input pipeline then skips the rest of the file, as skip_corrupt_records says)."""
     head = []
     try:
         for record in records.read_records(path):
@@ -64,13 +72,16 @@ def read_head(path, sample):
             if len(head) >= sample:
                 break
     except ValueError as err:
-        raise UserError(f"cannot read training data: {err}") from None
+        if not (skip_damage and head):
+            raise UserError(f"cannot read training data: {err}") from None
     if not head:
         raise UserError(f"training file has no records: {path}")
     return head
 
 
-def check_files(files, seq_length, max_predictions, static_mask, vocab_size, sample=200):
+def check_files(
+    files, seq_length, max_predictions, static_mask, vocab_size, sample=200, skip_damage=False
+):
     """Checks the data against the config before any graph is built (USER_NEEDS #6, #33).
 
     Reads the first records of the first file with the pure-Python parser: layout (remask iff
@@ -80,7 +91,7 @@ def check_files(files, seq_length, max_predictions, static_mask, vocab_size, sam
       Estimated number of records in all files (from the mean record size).
     """
     path = files[0]
-    head = read_head(path, sample)
+    head = read_head(path, sample, skip_damage)
     ex = parse_example(head[0])
     remask = "input_position" in ex
     if "input_ids" not in ex or (not remask and "input_mask" not in ex):
@@ -156,7 +167,7 @@ def shuffled_records(files, pipe, seed, shard=(1, 0)):
         ds = ds.shard(*shard)
     ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.interleave(
-        tf.data.TFRecordDataset,
+        tfrecords.reader(pipe.damage),
         cycle_length=max(1, min(pipe.parallel_io_threads, len(files))),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=not pipe.sloppy_parallel_interleave,
@@ -217,6 +228,6 @@ def eval_dataset(files, pipe):
     spec = records.parse_spec(seq, P, static)
     if static:
         spec.pop("masked_lm_positions")
-    ds = tf.data.TFRecordDataset(files).batch(pipe.micro_batch_size)
+    ds = tfrecords.records(files, pipe.damage).batch(pipe.micro_batch_size)
     parse = lambda r: _to_model_features(tf.io.parse_example(r, spec), static)  # noqa: E731
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)

@@ -11,6 +11,7 @@ import pickle
 
 import numpy as np
 
+from common import tfrecords
 from common.errors import UserError
 from gpt2_data import corpus
 
@@ -98,7 +99,7 @@ def tfrecord_files(input_files):
     return corpus.expand_inputs(input_files, flag="--input-files")
 
 
-def tfrecord_dataset(files, max_len):
+def tfrecord_dataset(files, max_len, damage=None):
     """tf.data of the TFRecords' samples, in file order then record order (deterministic).
 
     Each record holds one variable-length Int64List `input_ids` (§5.5). It is cut to max_len + 1
@@ -107,6 +108,8 @@ def tfrecord_dataset(files, max_len):
 
     Args:
       files: list of TFRecord paths (see `tfrecord_files`). max_len: int, model positions.
+      damage: common.tfrecords.DamageLog: a damaged file stops the dataset there (default) or
+        loses the rest of that file, noted in the log.
     Returns:
       tf.data.Dataset of {"input_ids": int32 [max_len + 1], "mask": int32 [max_len + 1]}, mask 1
       on real ids and 0 on padding.
@@ -127,7 +130,8 @@ def tfrecord_dataset(files, max_len):
             "mask": tf.ensure_shape(mask, [width]),
         }
 
-    return tf.data.TFRecordDataset(list(files)).map(parse)
+    log = damage if damage is not None else tfrecords.DamageLog()
+    return tfrecords.records(files, log).map(parse)
 
 
 def _read_text(path):

@@ -25,7 +25,7 @@ import numpy as np
 
 import model_config_gpt2
 import options_gpt2
-from common import fingerprint
+from common import fingerprint, tfrecords
 from common.errors import UserError
 from objectives import causal_lm
 
@@ -41,6 +41,8 @@ class GPT2Task:
 
     def __init__(self, cfg):
         self.cfg, self.notes, self.init_params = cfg, [], None
+        # Damaged TFRecords met by the input pipeline (--dataset tfrecord; the loop reads it).
+        self.damage = tfrecords.DamageLog(skip=cfg.data.skip_corrupt_records)
         self.config = self._model_config()
         self._read_data()
         rf_batch = cfg.loop.global_batch_size * cfg.loop.device_iterations
@@ -195,7 +197,7 @@ class GPT2Task:
             from gpt2_data import readers
 
             self.tfrecords = readers.tfrecord_files(a.input_files)
-            self.num_samples = _count_records(self.tfrecords)
+            self.num_samples = _count_records(self.tfrecords, self.damage)
         elif a.dataset == "pickle":
             from gpt2_data import readers
 
@@ -307,7 +309,7 @@ class GPT2Task:
         elif self.tfrecords is not None:
             from gpt2_data import readers
 
-            ds = readers.tfrecord_dataset(self.tfrecords, a.max_len).repeat()
+            ds = readers.tfrecord_dataset(self.tfrecords, a.max_len, self.damage).repeat()
             ds = ds.shuffle(TFRECORD_SHUFFLE_BUFFER, seed=a.seed, reshuffle_each_iteration=True)
             ds = ds.batch(bs, drop_remainder=True)
         else:
@@ -335,9 +337,9 @@ def _check_ids(ids, vocab_size, where):
         raise UserError(f"{where}: negative token id {int(ids.min())}")
 
 
-def _count_records(files):
-    """Records in TFRecord files: from the reference's `.index` files when present, else counted."""
-    import tensorflow as tf
+def _count_records(files, damage):
+    """Records in TFRecord files: from the reference's `.index` files when present, else counted
+    (a damaged file is a one-line error, or with skip_corrupt_records counted up to the damage)."""
 
     total = 0
     for path in files:
@@ -346,7 +348,13 @@ def _count_records(files):
             with open(index) as f:
                 total += sum(1 for line in f if line.strip())
         else:
-            total += int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1))
+            records = tfrecords.records([path], damage)
+            total += int(records.reduce(np.int64(0), lambda n, _: n + 1))
+    if damage.damages and not damage.skip:
+        raise UserError(
+            f"{damage.damages[0].describe()}; nothing trained yet: fix or remove the file, or "
+            "add --skip-corrupt-records"
+        )
     return total
 
 

@@ -14,7 +14,7 @@ import functools
 import os
 
 import model_config
-from common import fingerprint
+from common import fingerprint, tfrecords
 from common.errors import UserError
 
 MLM_WEIGHT_EPSILON = 1e-5  # MLM loss denominator: sum(weights) + this (the reference's)
@@ -159,6 +159,9 @@ class PretrainingTask:
         )
         self.heads = ("mlm",) if self.roberta else ("mlm", "nsp")
         data, loop = cfg.data, cfg.loop
+        # Damaged TFRecords met by the training and evaluation pipelines (the loop reads it).
+        self.damage = tfrecords.DamageLog(skip=data.skip_corrupt_records)
+        skip = self.damage.skip
         self.pipe = pretraining.Pipeline(
             seq_length=data.seq_length,
             max_predictions_per_seq=cfg.model.max_predictions_per_seq,
@@ -167,6 +170,7 @@ class PretrainingTask:
             gradient_accumulation_count=loop.gradient_accumulation_count,
             parallel_io_threads=data.parallel_io_threads,
             sloppy_parallel_interleave=data.sloppy_parallel_interleave,
+            damage=self.damage,
         )
         self.generated = data.generated_data or data.synthetic_data
         seq, masks, vocab = (
@@ -179,7 +183,7 @@ class PretrainingTask:
         else:
             self.files = pretraining.expand_train_files(data.train_file)
             if self.roberta:
-                self.num_samples = mlm.check_files(self.files, seq, vocab)
+                self.num_samples = mlm.check_files(self.files, seq, vocab, skip_damage=skip)
             else:
                 if mlm.is_mlm_data(self.files[0]):
                     raise UserError(
@@ -187,7 +191,7 @@ class PretrainingTask:
                         "model_type roberta"
                     )
                 self.num_samples = pretraining.check_files(
-                    self.files, seq, masks, self.pipe.static_mask, vocab
+                    self.files, seq, masks, self.pipe.static_mask, vocab, skip_damage=skip
                 )
             # After the first file's checks (they say how to fix the config): every file's
             # fingerprint, which also knows the vocab and casing the data was made with.
@@ -196,9 +200,11 @@ class PretrainingTask:
         if data.eval_file:
             self.eval_files = pretraining.expand_train_files(data.eval_file)
             if self.roberta:
-                mlm.check_files(self.eval_files, seq, vocab)
+                mlm.check_files(self.eval_files, seq, vocab, skip_damage=skip)
             else:
-                pretraining.check_files(self.eval_files, seq, masks, self.pipe.static_mask, vocab)
+                pretraining.check_files(
+                    self.eval_files, seq, masks, self.pipe.static_mask, vocab, skip_damage=skip
+                )
             fingerprint.check(self.eval_files, self.fingerprint_settings)
 
     @functools.cached_property
