@@ -462,6 +462,8 @@ def train(
     restore_dir = cfg.checkpoint.restore_dir
     run_dir = restore_dir if restore_dir and os.path.isdir(restore_dir) else None
     found = cluster.current()
+    if found is not None:
+        check_same_run(trainer.strategy, found, cfg.flat())
     helper = found is not None and not found.chief
     if helper:
         # Only the chief writes the run directory, TensorBoard, W&B and checkpoints; the other
@@ -485,6 +487,28 @@ def train(
         run.close()
         if helper:
             shutil.rmtree(run.dir, ignore_errors=True)
+
+
+def check_same_run(strategy, found, settings):
+    """Every worker compares the digests of its resolved settings and of its code with the chief's
+    (one all-gather before anything is written); a difference is one line naming the worker."""
+    digests = {"config": cluster.config_digest(settings), "code": cluster.code_digest()}
+    mine = [int(d[:15], 16) for d in digests.values()]  # 60 bits of each: fits an int64
+
+    def value(ctx):
+        return tf.constant([mine], tf.int64)
+
+    everyone = strategy.gather(strategy.experimental_distribute_values_from_function(value), 0)
+    rows = everyone.numpy()  # [replicas, 2]; the replicas of worker k are a consecutive block
+    per_worker = len(rows) // found.workers
+    for k in range(found.workers):
+        for kind, theirs, chief in zip(digests, rows[k * per_worker], rows[0]):
+            if theirs != chief:
+                raise UserError(
+                    f"worker {k} runs with another {kind} than the chief (worker 0): {kind} "
+                    f"sha256 prefix {int(theirs):015x} vs {int(chief):015x}; start every worker "
+                    f"with the same code and command"
+                )
 
 
 # What a collective raises when a peer worker is gone (connection reset, refused, or no answer

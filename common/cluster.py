@@ -10,6 +10,7 @@ One process with no such environment is a cluster of one (`current()` returns No
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -70,3 +71,24 @@ def workers():
     """How many processes take part (1 when alone)."""
     found = current()
     return found.workers if found else 1
+
+
+def code_digest(root=None):
+    """sha256 of the project's Python sources (path and bytes of every .py file below `root`,
+    default the project), so that workers can tell they run the same code."""
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in ("tests", "tmp"))
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            digest.update(os.path.relpath(path, root).encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+def config_digest(settings):
+    """sha256 of a run's resolved settings ({key: value}, JSON-serialisable or shown by str)."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -95,18 +95,47 @@ def test_resume_after_a_multi_worker_run_is_exact(tmp_path):
         np.testing.assert_array_equal(wa[name], wb[name], err_msg=name)
 
 
+def _start_workers(tmp_path, argv_of_worker):
+    """Popen of each worker's run_pretraining.py (its own arguments), output in tmp_path files."""
+    addresses = [f"localhost:{p}" for p in launch_workers.free_ports(len(argv_of_worker))]
+    procs = []
+    for k, args in enumerate(argv_of_worker):
+        env = dict(_env(tmp_path), TF_CONFIG=launch_workers.tf_config(addresses, k))
+        out, err = tmp_path / f"worker{k}.out", tmp_path / f"worker{k}.out.err"
+        with open(out, "w") as out, open(err, "w") as err:
+            procs.append(subprocess.Popen([sys.executable, SCRIPT, *args], env=env,
+                                          stdout=out, stderr=err))  # fmt: skip
+    return procs
+
+
+def _stop(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def test_a_worker_with_another_config_is_refused_at_start(tmp_path):
+    args = small_run_args(tmp_path / "run", *TRAIN, "--num-train-steps", "2")
+    procs = _start_workers(tmp_path, [args, [*args, "--base-learning-rate", "0.5"]])
+    try:
+        codes = [p.wait(timeout=240) for p in procs]
+    finally:
+        _stop(procs)
+    assert codes == [2, 2]
+    for k in range(2):
+        last = (tmp_path / f"worker{k}.out.err").read_text().strip().splitlines()[-1]
+        assert last.startswith("error: worker 1 runs with another config than the chief"), last
+    assert not run_dirs(tmp_path / "run")  # refused before anything was written
+
+
 def test_a_killed_worker_stops_the_other_with_one_line(tmp_path):
-    addresses = [f"localhost:{p}" for p in launch_workers.free_ports(2)]
     args = small_run_args(tmp_path / "run", *TRAIN, "--num-train-steps", "1000")
     args += ["--collective-timeout", "20"]
     logs = [tmp_path / f"worker{k}.out" for k in range(2)]
     procs = []
     try:
-        for k in range(2):
-            env = dict(_env(tmp_path), TF_CONFIG=launch_workers.tf_config(addresses, k))
-            with open(logs[k], "w") as out, open(str(logs[k]) + ".err", "w") as err:
-                procs.append(subprocess.Popen([sys.executable, SCRIPT, *args], env=env,
-                                              stdout=out, stderr=err))  # fmt: skip
+        procs = _start_workers(tmp_path, [args, args])
         deadline = time.time() + 240
         while "step: 3," not in logs[0].read_text():
             assert time.time() < deadline and procs[0].poll() is None, logs[0].read_text()[-2000:]
@@ -116,10 +145,7 @@ def test_a_killed_worker_stops_the_other_with_one_line(tmp_path):
         code = procs[0].wait(timeout=120)
         waited = time.time() - start
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        _stop(procs)
     stderr = (tmp_path / "worker0.out.err").read_text()
     assert code == 75 and waited < 60, (code, waited, stderr[-2000:])
     assert "Traceback" not in stderr
