@@ -546,6 +546,22 @@ class _Loop:
         self.iterator = iter(dataset)  # a plain iterator: its position goes into every checkpoint
         self.replicas = trainer.strategy.num_replicas_in_sync
         self.evaluation = None
+        self.stop_vote = None
+
+    def _stop_everywhere(self, stop):
+        """Several workers: after every call they sum their stop flags (one tiny all-reduce), so a
+        signal to any worker stops all of them at the same step boundary, after the same save."""
+        if cluster.current() is None:
+            return
+        if self.stop_vote is None:
+            strategy = self.trainer.strategy
+            sum_op = tf.distribute.ReduceOp.SUM
+            self.stop_vote = tf.function(
+                lambda flag: strategy.reduce(sum_op, strategy.run(tf.identity, (flag,)), None)
+            )
+        votes = float(self.stop_vote(tf.constant(1.0 if stop.requested else 0.0)))
+        if votes and stop.requested is None:
+            stop.requested = "a signal to another worker"
 
     def next_batches(self):
         """The inputs of one call: `device_iterations` step inputs."""
@@ -622,6 +638,7 @@ class _Loop:
                     _due(self.logging.steps_per_eval, call_start, n, every=True) and not last
                 ):
                     self._evaluate(last_step)
+                self._stop_everywhere(stop)
                 if _due(cfg.checkpoint.steps_per_ckpts, call_start, n) or last or stop.requested:
                     prefix = checkpoints.save(
                         run.dir, last_step, trainer.state, self.iterator, cfg.checkpoint.max_to_keep

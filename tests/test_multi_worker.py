@@ -5,6 +5,7 @@ chief writes, resume is exact, and a killed worker ends the other with one line 
 Every wait is bounded; the launcher and the tests kill what they started."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,6 +130,34 @@ def test_a_worker_with_another_config_is_refused_at_start(tmp_path):
     assert not run_dirs(tmp_path / "run")  # refused before anything was written
 
 
+def _wait_for_step(path, step, procs, seconds=240):
+    deadline = time.time() + seconds
+    while f"step: {step}," not in path.read_text():
+        assert time.time() < deadline and procs[0].poll() is None, path.read_text()[-2000:]
+        time.sleep(0.2)
+
+
+def test_sigterm_to_one_worker_checkpoints_the_cluster_and_exits_0(tmp_path):
+    args = small_run_args(tmp_path / "run", *TRAIN, "--num-train-steps", "1000")
+    procs = _start_workers(tmp_path, [args, args])
+    try:
+        _wait_for_step(tmp_path / "worker0.out", 3, procs)
+        procs[1].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=120) for p in procs]
+    finally:
+        _stop(procs)
+    assert codes == [0, 0], (tmp_path / "worker0.out.err").read_text()[-2000:]
+    chief = (tmp_path / "worker0.out").read_text()
+    (run_dir,) = run_dirs(tmp_path / "run")
+    saved = re.search(
+        r"^a signal to another worker: saved (\S+); resume with --restore-dir", chief, re.M
+    )
+    assert saved, chief[-2000:]
+    assert "SIGTERM: saved " in (tmp_path / "worker1.out").read_text()
+    prefix, state = _final_state(run_dir)
+    assert prefix == saved.group(1) and 3 <= int(state["global_step"]) < 1000
+
+
 def test_a_killed_worker_stops_the_other_with_one_line(tmp_path):
     args = small_run_args(tmp_path / "run", *TRAIN, "--num-train-steps", "1000")
     args += ["--collective-timeout", "20"]
@@ -136,10 +165,7 @@ def test_a_killed_worker_stops_the_other_with_one_line(tmp_path):
     procs = []
     try:
         procs = _start_workers(tmp_path, [args, args])
-        deadline = time.time() + 240
-        while "step: 3," not in logs[0].read_text():
-            assert time.time() < deadline and procs[0].poll() is None, logs[0].read_text()[-2000:]
-            time.sleep(0.2)
+        _wait_for_step(logs[0], 3, procs)
         procs[1].send_signal(signal.SIGKILL)
         start = time.time()
         code = procs[0].wait(timeout=120)
