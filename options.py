@@ -425,7 +425,10 @@ def _derive_batch(opts, explicit):
     gbs, ga = opts["global_batch_size"], opts["gradient_accumulation_count"]
     from common import cluster
 
-    mbs, replicas = opts["micro_batch_size"], opts["replicas"] * cluster.workers()
+    mbs, workers = opts["micro_batch_size"], cluster.workers()
+    replicas = opts["replicas"] * workers
+    # how the replica count reads in messages: "2" alone, "1 x 2 workers" on several workers
+    shown = f"{opts['replicas']} x {workers} workers" if workers > 1 else f"{replicas}"
     if mbs is None:
         if gbs is not None:
             _fail("global_batch_size needs micro_batch_size to derive gradient_accumulation_count")
@@ -445,7 +448,7 @@ def _derive_batch(opts, explicit):
                 fix += f", or micro_batch_size {fits}"
             _fail(
                 f"global_batch_size {gbs} ({_source(opts, explicit, 'global_batch_size')}) is not "
-                f"a multiple of micro_batch_size x replicas = {mbs} x {replicas}; use {fix}"
+                f"a multiple of micro_batch_size x replicas = {mbs} x {shown}; use {fix}"
             )
         opts["gradient_accumulation_count"] = gbs // per_step
     else:
@@ -460,7 +463,7 @@ def _derive_batch(opts, explicit):
             _fail(
                 f"global_batch_size {gbs} and gradient_accumulation_count {ga} (both from "
                 f"{where.replace('--global-batch-size', 'flags')}) disagree: micro_batch_size x "
-                f"gradient_accumulation_count x replicas = {mbs} x {ga} x {replicas} = "
+                f"gradient_accumulation_count x replicas = {mbs} x {ga} x {shown} = "
                 f"{per_step * ga}; give only one of them"
             )
     opts["global_batch_size"] = per_step * opts["gradient_accumulation_count"]
