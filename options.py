@@ -87,7 +87,10 @@ OPTIONS = [
         O("global_batch_size", "int", None, "samples per weight update over all replicas; if set, "
           "gradient_accumulation_count = it / (micro_batch_size x replicas), exactly"),
         O("gradient_accumulation_count", "int", None, "micro-batches per update and replica"),
-        O("replicas", "int", 1, "data-parallel replicas (devices)"),
+        O("replicas", "int", 1, "data-parallel replicas (devices) per worker process; several "
+          "workers (TF_CONFIG or Slurm) multiply it"),
+        O("collective_timeout", "float", 300.0, "several workers: seconds a step may wait for "
+          "the others before the run stops with an error naming the lost worker"),
         O("num_train_steps", "int", None, "number of optimizer steps (weight updates)"),
         O("epochs", "int", None, "SQuAD/GLUE epochs (pretraining length is num_train_steps)"),
         O("reduction_type", "str", "mean", "mean or sum of micro-batch gradients",
@@ -252,7 +255,7 @@ SCOPES = ("common", "squad", "glue")
 POSITIVE = (
     "micro_batch_size", "global_batch_size", "gradient_accumulation_count", "replicas",
     "num_train_steps", "seq_length", "device_iterations", "steps_per_logs", "steps_per_ckpts",
-    "max_to_keep", "max_predictions_per_seq", "buffer_size", "profile_steps",
+    "max_to_keep", "max_predictions_per_seq", "buffer_size", "profile_steps", "collective_timeout",
 )  # fmt: skip
 PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "glue_dropout_prob")
 _RANK = {None: 0, "config": 1, "cli": 2}
@@ -424,7 +427,12 @@ def _fail(message):
 def _derive_batch(opts, explicit):
     """Fill gradient_accumulation_count and global_batch_size (they agree afterwards)."""
     gbs, ga = opts["global_batch_size"], opts["gradient_accumulation_count"]
-    mbs, replicas = opts["micro_batch_size"], opts["replicas"]
+    from common import cluster
+
+    mbs, workers = opts["micro_batch_size"], cluster.workers()
+    replicas = opts["replicas"] * workers
+    # how the replica count reads in messages: "2" alone, "1 x 2 workers" on several workers
+    shown = f"{opts['replicas']} x {workers} workers" if workers > 1 else f"{replicas}"
     if mbs is None:
         if gbs is not None:
             _fail("global_batch_size needs micro_batch_size to derive gradient_accumulation_count")
@@ -444,7 +452,7 @@ def _derive_batch(opts, explicit):
                 fix += f", or micro_batch_size {fits}"
             _fail(
                 f"global_batch_size {gbs} ({_source(opts, explicit, 'global_batch_size')}) is not "
-                f"a multiple of micro_batch_size x replicas = {mbs} x {replicas}; use {fix}"
+                f"a multiple of micro_batch_size x replicas = {mbs} x {shown}; use {fix}"
             )
         opts["gradient_accumulation_count"] = gbs // per_step
     else:
@@ -459,7 +467,7 @@ def _derive_batch(opts, explicit):
             _fail(
                 f"global_batch_size {gbs} and gradient_accumulation_count {ga} (both from "
                 f"{where.replace('--global-batch-size', 'flags')}) disagree: micro_batch_size x "
-                f"gradient_accumulation_count x replicas = {mbs} x {ga} x {replicas} = "
+                f"gradient_accumulation_count x replicas = {mbs} x {ga} x {shown} = "
                 f"{per_step * ga}; give only one of them"
             )
     opts["global_batch_size"] = per_step * opts["gradient_accumulation_count"]

@@ -36,7 +36,9 @@ def main(argv=None):
     for seed in seeds:
         if len(seeds) > 1:
             print(f"==== seed {seed} ({len(results) + 1} of {len(seeds)})", flush=True)
-        metrics = task.run_seed(seed, training.make_strategy(cfg.loop.replicas))
+        metrics = task.run_seed(
+            seed, training.make_strategy(cfg.loop.replicas, cfg.loop.collective_timeout)
+        )
         if metrics is not None:
             results.append(metrics)
     if results:

@@ -33,7 +33,7 @@ def main(argv=None):
     import optimization
     import training
 
-    strategy = training.make_strategy(task.cfg.loop.replicas)
+    strategy = training.make_strategy(task.cfg.loop.replicas, task.cfg.loop.collective_timeout)
     model = task.build_model(strategy)
     result = objectives.fit(
         task.cfg,

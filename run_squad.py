@@ -29,7 +29,9 @@ def main(argv=None):
 
     import training
 
-    return task.run(training.make_strategy(task.cfg.loop.replicas))
+    return task.run(
+        training.make_strategy(task.cfg.loop.replicas, task.cfg.loop.collective_timeout)
+    )
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def main(argv=None):
     import objectives
     import training
 
-    strategy = training.make_strategy(cfg.loop.replicas)
+    strategy = training.make_strategy(cfg.loop.replicas, cfg.loop.collective_timeout)
     model = task.build_model(strategy)
     result = objectives.fit(
         cfg,

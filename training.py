@@ -25,7 +25,10 @@ goes on without the rest of that file and reports what was skipped.
 import dataclasses
 import datetime
 import os
+import re
+import shutil
 import signal
+import tempfile
 import time
 
 import tensorflow as tf
@@ -34,14 +37,24 @@ import checkpoints
 import lr_schedules
 import optimization
 import runlog
+from common import cluster
 from common.errors import UserError
 
 DEFAULT_DYNAMIC_SCALE = 2.0**15  # initial dynamic loss scale when loss_scaling is not set
 
 
-def make_strategy(replicas):
-    """Default strategy for one replica; MirroredStrategy over GPUs, or over logical CPUs when the
-    machine has no GPU (data parallelism that runs anywhere, e.g. to test it)."""
+def make_strategy(replicas, collective_timeout=None):
+    """The data-parallel strategy of this process.
+
+    Alone: the default strategy for one replica; MirroredStrategy over GPUs, or over logical CPUs
+    when the machine has no GPU (data parallelism that runs anywhere, e.g. to test it).
+    One of several workers (TF_CONFIG or Slurm, `common.cluster`): MultiWorkerMirroredStrategy over
+    this worker's GPUs (all visible ones, `replicas` of them) or its CPU (one replica), collectives
+    by NCCL on GPUs and RING on CPUs, each bounded by `collective_timeout` seconds.
+    """
+    found = cluster.current()
+    if found is not None:
+        return _multi_worker_strategy(found, replicas, collective_timeout)
     if replicas <= 1:
         return tf.distribute.get_strategy()
     gpus = tf.config.list_physical_devices("GPU")
@@ -54,6 +67,26 @@ def make_strategy(replicas):
     kind = "GPU" if gpus else "CPU"
     devices = [d.name for d in tf.config.list_logical_devices(kind)[:replicas]]
     return tf.distribute.MirroredStrategy(devices)
+
+
+def _multi_worker_strategy(found, replicas, collective_timeout):
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) != max(replicas, 1) and (gpus or replicas > 1):
+        where = f"{len(gpus)} visible GPUs" if gpus else "no GPU (one CPU replica per worker)"
+        raise UserError(
+            f"--replicas {replicas} per worker, but this worker ({found.source} task "
+            f"{found.index}) has {where}: set --replicas to that, or CUDA_VISIBLE_DEVICES"
+        )
+    comm = tf.distribute.experimental.CommunicationImplementation
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=comm.NCCL if gpus else comm.RING, timeout_seconds=collective_timeout
+    )
+    resolver = (
+        tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        if found.source == "TF_CONFIG"
+        else tf.distribute.cluster_resolver.SlurmClusterResolver()
+    )
+    return tf.distribute.MultiWorkerMirroredStrategy(resolver, communication_options=options)
 
 
 def split_cpu(n):
@@ -437,9 +470,17 @@ def train(
         return _compile_only(cfg, trainer, dataset)
     restore_dir = cfg.checkpoint.restore_dir
     run_dir = restore_dir if restore_dir and os.path.isdir(restore_dir) else None
+    found = cluster.current()
+    if found is not None:
+        check_same_run(trainer.strategy, found, cfg.flat())
+    helper = found is not None and not found.chief
+    if helper:
+        # Only the chief writes the run directory, TensorBoard, W&B and checkpoints; the other
+        # workers run the same loop (the same steps, saves included) into a temporary directory.
+        run_dir = tempfile.mkdtemp(prefix=f"worker-{found.index}-")
     run = runlog.Run(
         run_dir or new_run_dir(cfg.checkpoint.save_path, cfg.task, cfg.optimizer.optimizer),
-        wandb=bool(cfg.logging.wandb),
+        wandb=bool(cfg.logging.wandb) and not helper,
         wandb_project=cfg.logging.wandb_project,
         wandb_name=cfg.logging.wandb_name,
         config=cfg.flat(),
@@ -447,8 +488,60 @@ def train(
     try:
         loop = _Loop(cfg, trainer, dataset, run, samples_per_epoch, evaluate, line_format, damage)
         return loop.run(flops_per_sample, notes)
+    except _PEER_ERRORS as err:
+        if found is None:
+            raise
+        raise UserError(_lost_worker_line(err, found, cfg), exit_code=EX_TEMPFAIL) from None
     finally:
         run.close()
+        if helper:
+            shutil.rmtree(run.dir, ignore_errors=True)
+
+
+def check_same_run(strategy, found, settings):
+    """Every worker compares the digests of its resolved settings and of its code with the chief's
+    (one all-gather before anything is written); a difference is one line naming the worker."""
+    digests = {"config": cluster.config_digest(settings), "code": cluster.code_digest()}
+    mine = [int(d[:15], 16) for d in digests.values()]  # 60 bits of each: fits an int64
+
+    def value(ctx):
+        return tf.constant([mine], tf.int64)
+
+    everyone = strategy.gather(strategy.experimental_distribute_values_from_function(value), 0)
+    rows = everyone.numpy()  # [replicas, 2]; the replicas of worker k are a consecutive block
+    per_worker = len(rows) // found.workers
+    for k in range(found.workers):
+        for kind, theirs, chief in zip(digests, rows[k * per_worker], rows[0]):
+            if theirs != chief:
+                raise UserError(
+                    f"worker {k} runs with another {kind} than the chief (worker 0): {kind} "
+                    f"sha256 prefix {int(theirs):015x} vs {int(chief):015x}; start every worker "
+                    f"with the same code and command"
+                )
+
+
+# What a collective raises when a peer worker is gone (connection reset, refused, or no answer
+# within collective_timeout).
+_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+)
+EX_TEMPFAIL = 75  # os.EX_TEMPFAIL: run the same command again to resume from the last checkpoint
+
+
+def _lost_worker_line(err, found, cfg):
+    tasks = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:(\d+)", err.message)))
+    tasks = [t for t in tasks if int(t) != found.index]
+    who = f"worker {', '.join(tasks)}" if tasks else "another worker"
+    first = err.message.strip().splitlines()[0]
+    first = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", first)
+    return (
+        f"worker {found.index}: lost {who} ({type(err).__name__}: {first[:160]}; collective "
+        f"timeout {cfg.loop.collective_timeout:g} s); the last checkpoint is intact: run the same "
+        f"command on every worker with --restore-dir to resume"
+    )
 
 
 class _Loop:
@@ -467,6 +560,22 @@ class _Loop:
         self.damage = damage
         self.reported = 0  # damages of `damage` already logged (skip_corrupt_records)
         self.saved = None  # (step, prefix) of the newest checkpoint
+        self.stop_vote = None
+
+    def _stop_everywhere(self, stop):
+        """Several workers: after every call they sum their stop flags (one tiny all-reduce), so a
+        signal to any worker stops all of them at the same step boundary, after the same save."""
+        if cluster.current() is None:
+            return
+        if self.stop_vote is None:
+            strategy = self.trainer.strategy
+            sum_op = tf.distribute.ReduceOp.SUM
+            self.stop_vote = tf.function(
+                lambda flag: strategy.reduce(sum_op, strategy.run(tf.identity, (flag,)), None)
+            )
+        votes = float(self.stop_vote(tf.constant(1.0 if stop.requested else 0.0)))
+        if votes and stop.requested is None:
+            stop.requested = "a signal to another worker"
 
     def next_batches(self):
         """The inputs of one call: `device_iterations` step inputs."""
@@ -545,6 +654,7 @@ class _Loop:
                     _due(self.logging.steps_per_eval, call_start, n, every=True) and not last
                 ):
                     self._evaluate(last_step)
+                self._stop_everywhere(stop)
                 if _due(cfg.checkpoint.steps_per_ckpts, call_start, n) or last or stop.requested:
                     prefix = checkpoints.save(
                         run.dir, last_step, trainer.state, self.iterator, cfg.checkpoint.max_to_keep

@@ -3,7 +3,8 @@
 #
 #   ./scripts/pretrain.sh base|large|tiny [extra run_pretraining.py flags, given to both phases]
 #
-# Paths are the variables below (override them from the environment). Data comes from
+# Paths are the variables below (override them from the environment). RUNNER is the command that
+# runs each phase's script (default python3; scripts/pretrain_distributed.sh sets a launcher). Data comes from
 # scripts/create_wikipedia_dataset.sh; the configs hold the recipes (see README, "Pretraining").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ DATA_128=${DATA_128:-data/tf_wikipedia/tokenised_128_dup5_mask20/*.tfrecord}
 DATA_384=${DATA_384:-data/tf_wikipedia/tokenised_384_dup5_mask56/*.tfrecord}
 VOCAB=${VOCAB:-data/vocab.txt}
 SAVE_PATH=${SAVE_PATH:-checkpoint}
+read -r -a runner <<< "${RUNNER:-python3}"
 
 size=${1:-}
 case "$size" in
@@ -33,9 +35,9 @@ shift
 vocab=()
 [ -f "$VOCAB" ] && vocab=(--vocab-file "$VOCAB")
 
-python3 run_pretraining.py "${phase1[@]}" --train-file "$DATA_128" "${vocab[@]}" \
+"${runner[@]}" run_pretraining.py "${phase1[@]}" --train-file "$DATA_128" "${vocab[@]}" \
   --save-path "$SAVE_PATH/phase1" "$@"
 phase1_run=$(ls -td "$SAVE_PATH"/phase1/pretraining_* | head -n 1)
 echo "phase 2 starts from the last checkpoint of $phase1_run"
-python3 run_pretraining.py "${phase2[@]}" --train-file "$DATA_384" "${vocab[@]}" \
+"${runner[@]}" run_pretraining.py "${phase2[@]}" --train-file "$DATA_384" "${vocab[@]}" \
   --init-checkpoint "$phase1_run" --save-path "$SAVE_PATH/phase2" "$@"
