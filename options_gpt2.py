@@ -117,7 +117,10 @@ OPTIONS = [
           "(else the epochs decide; the reference ignored it)"),
         O("batch_size", "int", 1, "micro-batch per replica (sequences per forward/backward)"),
         O("gradient_accumulation", "int", 1, "micro-batches per optimizer step"),
-        O("replication_factor", "int", 1, "data-parallel replicas (devices)"),
+        O("replication_factor", "int", 1, "data-parallel replicas (devices) per worker process; "
+          "several workers (TF_CONFIG or Slurm) multiply it"),
+        O("collective_timeout", "float", 300.0, "several workers: seconds a step may wait for "
+          "the others before the run stops with an error naming the lost worker"),
         O("device_iterations", "int", 4, "optimizer steps per compiled call (host iteration)"),
         O("optimizer", "str", "AdamW", "AdamW (no bias correction), Adam, LAMB, "
           "LAMBNoBiasCorrection; eps 1e-6, betas (0.9, 0.999), no gradient clipping",
@@ -297,8 +300,9 @@ def _validate(v):
         _fail(
             "--weight-decay needs --optimizer AdamW, LAMB or LAMBNoBiasCorrection (Adam has none)"
         )
-    if v["loss_scaling"] <= 0:
-        _fail(f"--loss-scaling must be > 0, got {v['loss_scaling']}")
+    for key in ("loss_scaling", "collective_timeout"):
+        if v[key] <= 0:
+            _fail(f"--{key.replace('_', '-')} must be > 0, got {v[key]}")
     if v["resume_training_from_checkpoint"] and not v["checkpoint_input_dir"]:
         _fail("--resume-training-from-checkpoint needs --checkpoint-input-dir (the run to resume)")
 
@@ -350,7 +354,10 @@ def parse(argv=None, description=""):
 
 
 def _to_run_config(v, explicit, config_path):
+    from common import cluster
+
     bs, ga, rf = v["batch_size"], v["gradient_accumulation"], v["replication_factor"]
+    replicas = rf * cluster.workers()  # every worker's replicas take part in a step
     optimizer, debias = OPTIMIZERS[v["optimizer"]]
     fp16 = v["precision"] == "16"
     loop = options.defaults(
@@ -358,7 +365,8 @@ def _to_run_config(v, explicit, config_path):
         micro_batch_size=bs,
         gradient_accumulation_count=ga,
         replicas=rf,
-        global_batch_size=bs * ga * rf,
+        collective_timeout=v["collective_timeout"],
+        global_batch_size=bs * ga * replicas,
         precision=v["precision"],
         xla=v["xla"],
         device_iterations=v["device_iterations"],
@@ -366,7 +374,7 @@ def _to_run_config(v, explicit, config_path):
         seed=v["seed"],
         loss_scaling=v["loss_scaling"] if fp16 else 1.0,
         dynamic_loss_scaling=bool(fp16 and v["auto_loss_scaling"]),
-        tokens_per_step=bs * ga * rf * v["max_len"],
+        tokens_per_step=bs * ga * replicas * v["max_len"],
     )
     groups = dict(
         model=options.defaults("model"),

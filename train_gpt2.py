@@ -23,6 +23,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import options_gpt2
+from common import cluster
 from common.errors import cli_main
 
 
@@ -73,7 +74,8 @@ def main(argv=None):
         line_format=line_format(task.steps_per_epoch, cfg.loop.device_iterations),
         damage=task.damage,
     )
-    if result.run_dir and not result.stopped:
+    found = cluster.current()
+    if result.run_dir and not result.stopped and (found is None or found.chief):
         import interop_gpt2
 
         folder = os.path.join(result.run_dir, "hf")

@@ -4,6 +4,8 @@ chief writes, resume is exact, and a killed worker ends the other with one line 
 
 Every wait is bounded; the launcher and the tests kill what they started."""
 
+import glob
+import json
 import os
 import re
 import signal
@@ -215,3 +217,40 @@ def test_replicas_per_worker_must_match_the_devices(tmp_path):
     assert result.returncode == 2
     assert "--replicas 2 per worker, but this worker (TF_CONFIG task 0) has no GPU" in result.stderr
     assert not run_dirs(tmp_path / "bad")
+
+
+GPT2_STEP = re.compile(r"^step (\d+) of epoch (\d+), loss: ([\d.]+), acc: ([\d.]+)", re.M)
+
+
+def test_gpt2_two_workers_equal_two_replicas(tmp_path):
+    """train_gpt2.py: 2 workers x 1 replica == --replication-factor 2, every step and weight; only
+    the chief writes the run and its Hugging Face folder."""
+    config = tmp_path / "gpt2.json"
+    config.write_text(json.dumps(dict(
+        vocab_size=97, n_positions=12, n_embd=16, n_layer=2, n_head=2, n_inner=32,
+        activation_function="gelu_new", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
+        model_type="gpt2")))  # fmt: skip
+    args = ["--model-config", config, "--max-len", 12, "--dataset", "generated", "--batch-size", 2,
+            "--gradient-accumulation", 2, "--device-iterations", 2, "--learning-rate", 3e-3,
+            "--xla", "false", "--seed", 7, "--epochs", 2]  # fmt: skip
+    script = os.path.join(ROOT, "train_gpt2.py")
+    single = run_script(script, *args, "--replication-factor", 2, "--checkpoint-output-dir",
+                        tmp_path / "one")  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    command = [LAUNCHER, "--local", "2", "--timeout", "270", "--grace", "60", "--", sys.executable,
+               script, *map(str, args), "--checkpoint-output-dir", str(tmp_path / "multi")]  # fmt: skip
+    multi = subprocess.run([sys.executable, *command], capture_output=True, text=True,
+                           timeout=300, env=_env(tmp_path))  # fmt: skip
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    a = GPT2_STEP.findall(_chief_lines(multi.stdout))
+    assert len(a) == 8 and a == GPT2_STEP.findall(single.stdout)
+    (multi_dir,) = glob.glob(str(tmp_path / "multi" / "gpt2_*"))
+    (single_dir,) = glob.glob(str(tmp_path / "one" / "gpt2_*"))
+    assert os.path.isfile(os.path.join(multi_dir, "hf", "model.safetensors"))
+    _, wa = _final_state(multi_dir)
+    _, wb = _final_state(single_dir)
+    # Not bitwise here (BERT's LAMB run is): differences of a few float32 ulps in the reduced
+    # gradients, grown by Adam's normalisation over 8 steps, stay far below 1e-6.
+    for name in wa:
+        np.testing.assert_allclose(wa[name], wb[name], rtol=0, atol=1e-6, err_msg=name)
+    assert os.listdir(tmp_path / "worker_tmp") == []
