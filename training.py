@@ -71,7 +71,7 @@ def make_strategy(replicas, collective_timeout=None):
 
 def _multi_worker_strategy(found, replicas, collective_timeout):
     gpus = tf.config.list_physical_devices("GPU")
-    if len(gpus) != max(replicas, 1) and (gpus or replicas > 1):
+    if replicas != (len(gpus) or 1):  # every visible GPU, or the CPU as one replica
         where = f"{len(gpus)} visible GPUs" if gpus else "no GPU (one CPU replica per worker)"
         raise UserError(
             f"--replicas {replicas} per worker, but this worker ({found.source} task "
@@ -561,11 +561,12 @@ class _Loop:
         self.reported = 0  # damages of `damage` already logged (skip_corrupt_records)
         self.saved = None  # (step, prefix) of the newest checkpoint
         self.stop_vote = None
+        self.several_workers = cluster.current() is not None  # read once, not at every step
 
     def _stop_everywhere(self, stop):
         """Several workers: after every call they sum their stop flags (one tiny all-reduce), so a
         signal to any worker stops all of them at the same step boundary, after the same save."""
-        if cluster.current() is None:
+        if not self.several_workers:
             return
         if self.stop_vote is None:
             strategy = self.trainer.strategy

@@ -38,9 +38,9 @@ def _env(tmp_path):
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TMPDIR=str(workers_tmp))
 
 
-def _launch(tmp_path, *args, workers=2, timeout=300):
+def _launch(tmp_path, *args, workers=2, timeout=300, script=SCRIPT):
     command = [LAUNCHER, "--local", str(workers), "--timeout", str(timeout - 30), "--grace", "60"]
-    command += ["--", sys.executable, SCRIPT, *map(str, args)]
+    command += ["--", sys.executable, script, *map(str, args)]
     return subprocess.run(
         [sys.executable, *command], capture_output=True, text=True, timeout=timeout,
         env=_env(tmp_path),
@@ -237,10 +237,7 @@ def test_gpt2_two_workers_equal_two_replicas(tmp_path):
     single = run_script(script, *args, "--replication-factor", 2, "--checkpoint-output-dir",
                         tmp_path / "one")  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
-    command = [LAUNCHER, "--local", "2", "--timeout", "270", "--grace", "60", "--", sys.executable,
-               script, *map(str, args), "--checkpoint-output-dir", str(tmp_path / "multi")]  # fmt: skip
-    multi = subprocess.run([sys.executable, *command], capture_output=True, text=True,
-                           timeout=300, env=_env(tmp_path))  # fmt: skip
+    multi = _launch(tmp_path, *args, "--checkpoint-output-dir", tmp_path / "multi", script=script)
     assert multi.returncode == 0, multi.stderr[-3000:]
     a = GPT2_STEP.findall(_chief_lines(multi.stdout))
     assert len(a) == 8 and a == GPT2_STEP.findall(single.stdout)
