@@ -252,8 +252,19 @@ def layer_norm_math(x, gamma, beta, epsilon):
 def dropout_keys(dropout_seed, salt):
     """uint32 [2] hash keys of one use of dropout, from the step's seed (int32/int64 [2]) and the
     use's salt (Python int)."""
-    seed = tf.random.experimental.stateless_fold_in(dropout_seed, salt)
-    return tf.random.stateless_uniform([2], seed, minval=None, maxval=None, dtype=tf.uint32)
+    seed = tf.random.experimental.stateless_fold_in(dropout_seed, salt, alg=_RNG)
+    return _keys(seed)
+
+
+# Named, not "auto_select": XLA's automatic choice is another algorithm, which would make the masks
+# depend on whether the step is compiled (and differ between pipelined and plain steps).
+_RNG = "philox"
+
+
+def _keys(seed):
+    return tf.random.stateless_uniform(
+        [2], seed, minval=None, maxval=None, dtype=tf.uint32, alg=_RNG
+    )
 
 
 def keep_mask(index, keys, rate, dtype):
@@ -300,8 +311,7 @@ def dropout_keep_mask(shape, rate, seed, index=None):
     Returns:
       float32 tensor of `shape`.
     """
-    keys = tf.random.stateless_uniform([2], seed, minval=None, maxval=None, dtype=tf.uint32)
-    return keep_mask(iota(shape) if index is None else index, keys, rate, tf.float32)
+    return keep_mask(iota(shape) if index is None else index, _keys(seed), rate, tf.float32)
 
 
 def layer_salt(layer_index, use):
