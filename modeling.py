@@ -105,7 +105,8 @@ class BertModel(tf.Module):
         )
         sequence_output = last_layer()
         if not self.heads:
-            pooled = _pooler(self.params, sequence_output[:, _cls_slot(c)])
+            with ops.stage("cls"):
+                pooled = _pooler(self.params, sequence_output[:, _cls_slot(c)])
             return {"sequence_output": sequence_output, "pooled_output": pooled}
         num_masked = c.max_predictions_per_seq
         if c.static_mask:
@@ -117,12 +118,15 @@ class BertModel(tf.Module):
         else:
             rows, num_masked = 1, 0
         head_input = last_layer(rows)  # [B,R,H]
-        pooled = _pooler(self.params, head_input[:, num_masked])
+        with ops.stage("cls"):
+            pooled = _pooler(self.params, head_input[:, num_masked])
         outputs = {"sequence_output": sequence_output, "pooled_output": pooled}
         if "mlm" in self.heads:
-            outputs["mlm_logits"] = _mlm_logits(self.params, c, head_input[:, :num_masked])
+            with ops.stage("mlm"):
+                outputs["mlm_logits"] = _mlm_logits(self.params, c, head_input[:, :num_masked])
         if "nsp" in self.heads:
-            outputs["nsp_logits"] = _nsp_logits(self.params, pooled)
+            with ops.stage("cls"):
+                outputs["nsp_logits"] = _nsp_logits(self.params, pooled)
         return outputs
 
 
@@ -349,7 +353,8 @@ def _bert_layers(params, config, x, features, mask, training, dropout_seed, xla)
             dropout_seed=dropout_seed,
             rows=rows,
         )
-        return tf.recompute_grad(layer_fn)(x) if config.recompute else layer_fn(x)
+        with ops.stage("hid", i):
+            return tf.recompute_grad(layer_fn)(x) if config.recompute else layer_fn(x)
 
     for i in range(config.num_hidden_layers - 1):
         x = layer(i, x)
@@ -404,17 +409,18 @@ def _encode(params, config, features, training, dropout_seed, compute_dtype, xla
             raise ValueError("bert_encoder: training with dropout needs a dropout_seed")
         dropout_seed = tf.convert_to_tensor(dropout_seed)
     positions = features["input_position"] if config.static_mask else None
-    x = embeddings(
-        params,
-        config,
-        features["input_ids"],
-        features["segment_ids"],
-        positions,
-        training,
-        dropout_seed,
-        compute_dtype,
-    )
-    mask = attention_mask(config, features, ops.float_dtype(compute_dtype))
+    with ops.stage("emb"):
+        x = embeddings(
+            params,
+            config,
+            features["input_ids"],
+            features["segment_ids"],
+            positions,
+            training,
+            dropout_seed,
+            compute_dtype,
+        )
+        mask = attention_mask(config, features, ops.float_dtype(compute_dtype))
     encode = _encoder_family(config).encode
     return encode(params, config, x, features, mask, training, dropout_seed, xla)
 
@@ -451,7 +457,8 @@ def bert_encoder(
     """
     _, last_layer = _encode(params, config, features, training, dropout_seed, compute_dtype, xla)
     x = last_layer()
-    return x, _pooler(params, x[:, _cls_slot(config)])
+    with ops.stage("cls"):
+        return x, _pooler(params, x[:, _cls_slot(config)])
 
 
 def bert_pooled_output(
@@ -466,7 +473,9 @@ def bert_pooled_output(
     """
     _, last_layer = _encode(params, config, features, training, dropout_seed, compute_dtype, xla)
     slot = _cls_slot(config)
-    return _pooler(params, last_layer(slot + 1)[:, slot])
+    x = last_layer(slot + 1)
+    with ops.stage("cls"):
+        return _pooler(params, x[:, slot])
 
 
 def _mlm_logits(params, config, masked):

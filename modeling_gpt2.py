@@ -361,8 +361,9 @@ def gpt2_forward(
         if dropout_seed is None:
             raise ValueError("gpt2_forward: training with dropout needs a dropout_seed")
         dropout_seed = tf.convert_to_tensor(dropout_seed)
-    h = embeddings(params, c, input_ids, training, dropout_seed, acc)  # [B,S,E]
-    bias = attention_bias(seq_length, attention_mask, acc)  # [1 or B,1,S,S]
+    with ops.stage("emb"):
+        h = embeddings(params, c, input_ids, training, dropout_seed, acc)  # [B,S,E]
+        bias = attention_bias(seq_length, attention_mask, acc)  # [1 or B,1,S,S]
     for i in range(c.n_layer):
         # Everything but h is closed over, so tf.recompute_grad sees a one-tensor function.
         block_fn = functools.partial(
@@ -375,14 +376,16 @@ def gpt2_forward(
             training=training,
             dropout_seed=dropout_seed,
         )
-        h = tf.recompute_grad(block_fn)(h) if c.recomputes(i) else block_fn(h)
-    x = final_norm(params, c, h, compute_dtype)
-    if not with_logits:
-        return None, x
-    table = ops.weight(params, "transformer/wte/weight", compute_dtype)  # [V,E], tied head
-    logits = tf.matmul(tf.reshape(x, [-1, c.n_embd]), table, transpose_b=True)  # [B*S,V]
-    logits = tf.reshape(tf.cast(logits, acc), [-1, seq_length, c.vocab_size])  # [B,S,V]
-    return logits, x
+        with ops.stage("hid", i):
+            h = tf.recompute_grad(block_fn)(h) if c.recomputes(i) else block_fn(h)
+    with ops.stage("mlm"):
+        x = final_norm(params, c, h, compute_dtype)
+        if not with_logits:
+            return None, x
+        table = ops.weight(params, "transformer/wte/weight", compute_dtype)  # [V,E], tied head
+        logits = tf.matmul(tf.reshape(x, [-1, c.n_embd]), table, transpose_b=True)  # [B*S,V]
+        logits = tf.reshape(tf.cast(logits, acc), [-1, seq_length, c.vocab_size])  # [B,S,V]
+        return logits, x
 
 
 class GPT2Model(tf.Module):

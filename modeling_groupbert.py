@@ -411,17 +411,19 @@ def encode(params, config, x, features, mask, training, dropout_seed, xla=False)
             compute_dtype=compute_dtype,
             xla=xla,
         )
-        return tf.recompute_grad(layer_fn)(x) if config.recompute else layer_fn(x)
+        with ops.stage("hid", i):
+            return tf.recompute_grad(layer_fn)(x) if config.recompute else layer_fn(x)
 
     stream = tf.cast(x, acc)
     for i in range(config.num_hidden_layers - 1):
         stream = layer(i, stream)
     last_input = tf.cast(stream, compute_dtype)
     stream = layer(config.num_hidden_layers - 1, stream)
-    gamma, beta = ops.norm_params(params, FINAL_NORM, acc)
-    output = ops.fused_norm(
-        [stream, gamma, beta], epsilon=config.layer_norm_eps, rate=0.0, dtype=compute_dtype
-    )
+    with ops.stage("hid", config.num_hidden_layers - 1):
+        gamma, beta = ops.norm_params(params, FINAL_NORM, acc)
+        output = ops.fused_norm(
+            [stream, gamma, beta], epsilon=config.layer_norm_eps, rate=0.0, dtype=compute_dtype
+        )
 
     def last_layer(rows=None):
         if rows is None:

@@ -51,6 +51,39 @@ ACTIVATIONS = {
 assert tuple(ACTIVATIONS) == ACTIVATION_NAMES  # model_config lists the names
 
 
+# ----------------------------------------------------------------------------- placement
+
+_PLACEMENT = threading.local()  # .current: the active pipeline.Placement (see `placed`)
+
+
+@contextlib.contextmanager
+def placed(placement):
+    """While active (in this thread), `stage` scopes and `add_variable` follow `placement` (a
+    `pipeline.Placement` with device names; None: no placement, everything as usual)."""
+    before = getattr(_PLACEMENT, "current", None)
+    _PLACEMENT.current = placement
+    try:
+        yield
+    finally:
+        _PLACEMENT.current = before
+
+
+def stage(kind, layer=None):
+    """Device scope of one part of the model ("emb", "hid" with its layer index, "mlm", "cls")
+    under the active placement; a no-op without one."""
+    placement = getattr(_PLACEMENT, "current", None)
+    if placement is None:
+        return contextlib.nullcontext()
+    return tf.device(placement.device(kind, layer))
+
+
+def _variable_scope(name):
+    placement = getattr(_PLACEMENT, "current", None)
+    if placement is None:
+        return contextlib.nullcontext()
+    return tf.device(placement.variable_device(name))
+
+
 # ----------------------------------------------------------------------------- variables
 
 
@@ -85,7 +118,7 @@ def add_variable(params, name, shape, initializer="normal", stddev=0.02, seed=0,
     else:
         value = tf.cast(initializer(shape), tf.float32)
     # init_scope + an empty name scope: the name must not pick up any surrounding scope prefix.
-    with tf.init_scope(), tf.name_scope(""):
+    with tf.init_scope(), tf.name_scope(""), _variable_scope(name):
         var = tf.Variable(value, name=name, trainable=trainable, dtype=tf.float32)
     if var.name != name + ":0":
         raise ValueError(f"variable {name} was created as {var.name}")

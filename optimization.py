@@ -27,6 +27,7 @@ into weights and moments. `apply_gradients` returns the global norm so the calle
 (or `all_finite(grads)`) and skip the step, e.g. with `DynamicLossScale.update`.
 """
 
+import contextlib
 import re
 from collections import OrderedDict
 
@@ -113,12 +114,20 @@ class Optimizer:
     def _add_slot(self, name, shape, dtype=tf.float32, initial=0):
         if name in self.slots:
             raise ValueError(f"optimizer slot {name} created twice")
-        self.slots[name] = tf.Variable(
-            tf.fill(tf.TensorShape(shape).as_list(), tf.constant(initial, dtype)),
-            name=name,
-            trainable=False,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        # A variable's slots sit on its device (pipeline stages place variables on several).
+        owner = self.params.get(name.rsplit("/", 1)[0])
+        on_device = (
+            tf.device(owner.device)
+            if isinstance(owner, tf.Variable) and not tf.distribute.has_strategy()
+            else contextlib.nullcontext()
         )
+        with on_device:
+            self.slots[name] = tf.Variable(
+                tf.fill(tf.TensorShape(shape).as_list(), tf.constant(initial, dtype)),
+                name=name,
+                trainable=False,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
         return self.slots[name]
 
     def _gradients_by_name(self, grads):

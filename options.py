@@ -149,6 +149,8 @@ OPTIONS = [
         O("enable_recomputation", "bool", False, "gradient checkpointing per encoder layer",
           extra_flags=("--enable_recomputation",)),
         O("pipeline_stages", "stages", None, "layers per stage, checked: hid count = layers"),
+        O("device_mapping", "ints", None, "device of each pipeline stage (0..N-1); stages on "
+          "several devices run pipelined on N GPUs, or the CPU split into N devices"),
         O("model_type", "str", "bert", "bert: MLM + NSP on WordPiece data; roberta: MLM only on "
           "packed byte-level BPE data with dynamic masking", choices=("bert", "roberta")),
     ]),
@@ -168,7 +170,6 @@ OPTIONS = [
     *_section("IPU only (accepted, no effect on CPU/GPU)", "ipu", [
         O("pipeline_schedule", "str", "Interleaved", "pipeline schedule",
           choices=("Grouped", "Interleaved", "Sequential")),
-        O("device_mapping", "ints", None, "IPU of each pipeline stage"),
         O("available_memory_proportion", "floats", 0.23, "matmul memory proportion (per IPU)"),
         O("variable_offloading", "bool", True, "optimizer state in remote memory"),
         O("min_remote_tensor_size", "int", 128, "smallest tensor in remote memory (bytes)"),

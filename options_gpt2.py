@@ -11,8 +11,8 @@ with a meaning here act: `--replication-factor` (data-parallel replicas), `--dev
 (optimizer steps per compiled call), `--recompute-checkpoint-every-layer` /
 `--recompute-checkpoint-layers` (gradient checkpointing per block), `--enable-sequence-serialized`
 / `--serialized-seq-len` / `--embedding-serialization-factor` (the LM head and loss in chunks:
-same result, less memory), `--layers-per-ipu` (checked to sum to n_layer; pipeline stages are not
-built yet, so it warns).
+same result, less memory), `--layers-per-ipu` (blocks per device: with more than one entry the
+model runs as pipeline stages on that many GPUs, or logical CPU devices; see `pipeline`).
 
 Units: `--log-steps`, `--save-per-steps` and the schedule's `--lr-warmup-steps` /
 `--lr-decay-steps` count host iterations (one compiled call of `--device-iterations` optimizer
@@ -83,8 +83,9 @@ OPTIONS = [
         O("serialized_seq_len", "int", 128, "chunk length of the above"),
         O("embedding_serialization_factor", "int", 1, "LM head matmul in this many vocabulary "
           "chunks (same result); with sequence serialization, inside each chunk"),
-        O("layers_per_ipu", "int_list", None, "blocks per pipeline stage; must sum to n_layer "
-          "(pipeline stages are not built yet: checked, then ignored)", nargs="+"),
+        O("layers_per_ipu", "int_list", None, "blocks per device, summing to n_layer: pipeline "
+          "stages on that many GPUs (or logical CPU devices); embeddings and LM head on device 0",
+          nargs="+"),
     ]),
     *_s("Data", [
         O("dataset", "str", None, "data source: generated (random ids), mmap (Megatron "

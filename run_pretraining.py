@@ -33,7 +33,8 @@ def main(argv=None):
     import optimization
     import training
 
-    strategy = training.make_strategy(task.cfg.loop.replicas, task.cfg.loop.collective_timeout)
+    loop = task.cfg.loop
+    strategy = training.make_strategy(loop.replicas, loop.collective_timeout, task.placement)
     model = task.build_model(strategy)
     result = objectives.fit(
         task.cfg,

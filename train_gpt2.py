@@ -57,7 +57,9 @@ def main(argv=None):
     import objectives
     import training
 
-    strategy = training.make_strategy(cfg.loop.replicas, cfg.loop.collective_timeout)
+    strategy = training.make_strategy(
+        cfg.loop.replicas, cfg.loop.collective_timeout, task.placement
+    )
     model = task.build_model(strategy)
     result = objectives.fit(
         cfg,

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 import checkpoints
 import lr_schedules
+import modeling_ops as ops
 import optimization
 import runlog
 from common import cluster
@@ -43,8 +44,12 @@ from common.errors import UserError
 DEFAULT_DYNAMIC_SCALE = 2.0**15  # initial dynamic loss scale when loss_scaling is not set
 
 
-def make_strategy(replicas, collective_timeout=None):
+def make_strategy(replicas, collective_timeout=None, placement=None):
     """The data-parallel strategy of this process.
+
+    With pipeline stages (`placement`, a `pipeline.Placement`): the default strategy, one
+    replica, after naming the stage devices (GPUs, or the CPU split into logical devices);
+    --replicas > 1 or several workers are refused with one line.
 
     Alone: the default strategy for one replica; MirroredStrategy over GPUs, or over logical CPUs
     when the machine has no GPU (data parallelism that runs anywhere, e.g. to test it).
@@ -53,6 +58,12 @@ def make_strategy(replicas, collective_timeout=None):
     by NCCL on GPUs and RING on CPUs, each bounded by `collective_timeout` seconds.
     """
     found = cluster.current()
+    if placement is not None:
+        import pipeline
+
+        pipeline.check_alone(placement, replicas, found.workers if found else 1)
+        placement.bind()
+        return tf.distribute.get_strategy()
     if found is not None:
         return _multi_worker_strategy(found, replicas, collective_timeout)
     if replicas <= 1:
@@ -89,8 +100,9 @@ def _multi_worker_strategy(found, replicas, collective_timeout):
     return tf.distribute.MultiWorkerMirroredStrategy(resolver, communication_options=options)
 
 
-def split_cpu(n):
-    """Expose the CPU as n logical devices (tests of data parallelism without GPUs)."""
+def split_cpu(n, what=None):
+    """Expose the CPU as n logical devices (data parallelism or pipeline stages without GPUs);
+    `what` names the setting in the error when TensorFlow has already started."""
     cpu = tf.config.list_physical_devices("CPU")[0]
     if len(tf.config.get_logical_device_configuration(cpu) or []) == n:
         return
@@ -100,7 +112,8 @@ def split_cpu(n):
         )
     except RuntimeError:
         raise UserError(
-            f"--replicas {n} on CPU must be set before TensorFlow starts (it has already)"
+            f"{what or f'--replicas {n}'} on CPU must be set before TensorFlow starts "
+            "(it has already)"
         ) from None
 
 
@@ -119,10 +132,11 @@ def measured_peak_flops(dtype, seconds=0.5):
     return best
 
 
-def compiles_with_xla(loop, strategy):
-    """Whether the training step is XLA-compiled: `xla` on and one replica (tf.distribute does
-    not compile across devices). Models whose ops pick a method by it are told this."""
-    return bool(loop.xla) and strategy.num_replicas_in_sync == 1
+def compiles_with_xla(loop, strategy, placement=None):
+    """Whether the training step is XLA-compiled: `xla` on, one replica and no pipeline stages
+    (XLA compiles for one device; tf.distribute does not compile across devices). Models whose
+    ops pick a method by it are told this."""
+    return bool(loop.xla) and strategy.num_replicas_in_sync == 1 and placement is None
 
 
 def new_run_dir(save_path, task, optimizer):
@@ -216,6 +230,16 @@ class Trainer:
         self.train_names = [n for n, v in model.params.items() if v.trainable]
         self.seed = int(loop.seed) % (2**31)
         self._step_fns = {}
+        self.placement = getattr(model, "placement", None)
+        if self.placement is not None:
+            print(
+                f"pipeline: {len(self.placement.stages)} stages on "
+                f"{self.placement.num_devices} devices, {self.ga} micro-batches per step "
+                "(GPipe: every micro-batch's stage inputs are kept for the backward)",
+                flush=True,
+            )
+            for line in self.placement.report(model.params, self.optimizer.slots):
+                print(line, flush=True)
 
     @property
     def state(self):
@@ -238,13 +262,16 @@ class Trainer:
             return self.dynamic.loss_scale.read_value()
         return self.static_scale.tf_at_step(step)
 
-    def _micro(self, features, step, index, scale, names):
+    def _dropout_seed(self, step, index):
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync
         # Stateless dropout seed: (seed, global micro-batch number, replica) fully determine the masks.
         micro = (step * self.ga + tf.cast(index, tf.int64)) * replicas
         micro += tf.cast(ctx.replica_id_in_sync_group, tf.int64)
-        seed = tf.stack([tf.constant(self.seed, tf.int64), micro])
+        return tf.stack([tf.constant(self.seed, tf.int64), micro])
+
+    def _micro(self, features, step, index, scale, names):
+        seed = self._dropout_seed(step, index)
         variables = [self.model.params[n] for n in names]
         with tf.GradientTape() as tape:
             metrics = self.loss_fn(self.model, features, True, seed, self.compute_dtype)
@@ -254,10 +281,36 @@ class Trainer:
             metrics["tokens"] = tf.cast(self.tokens_fn(features), tf.float32)
         return grads, metrics
 
+    def _pipelined(self, batch, step, scale):
+        """The GA micro-batches through the pipeline stages (see `pipeline`): unrolled, so that
+        the stages overlap on their devices, and differentiated once with `tf.gradients`, which
+        puts each gradient op on its forward op's device. -> (names, summed scaled gradients,
+        summed metrics)."""
+        p = self.placement
+        variables = [self.model.params[n] for n in self.train_names]
+        total, sums = [], {}
+        with ops.placed(p), tf.device(p.device("mlm")):
+            for i in range(self.ga):
+                features = {k: v[i] for k, v in batch.items()}
+                seed = self._dropout_seed(step, i)
+                m = self.loss_fn(self.model, features, True, seed, self.compute_dtype)
+                total.append(m["loss"] * scale)
+                if self.tokens_fn is not None:
+                    m["tokens"] = tf.cast(self.tokens_fn(features), tf.float32)
+                sums = {k: sums[k] + v if k in sums else v for k, v in m.items()}
+        grads = tf.gradients(tf.add_n(total), variables)
+        pairs = [
+            (n, tf.convert_to_tensor(g)) for n, g in zip(self.train_names, grads) if g is not None
+        ]
+        return [n for n, _ in pairs], [g for _, g in pairs], sums
+
     def _accumulate(self, batch):
         """Replica context: gradients summed over the GA micro-batches (still loss-scaled)."""
         step = self.global_step.read_value()
         scale = self._loss_scale(step)
+        if self.placement is not None:
+            names, grads, metrics = self._pipelined(batch, step, scale)
+            return self._averaged(names, grads, metrics, scale)
         first = {k: v[0] for k, v in batch.items()}
         grads, metrics = self._micro(first, step, 0, scale, self.train_names)
         # Variables the loss does not use (e.g. the pooler for SQuAD) get no gradient and no update.
@@ -274,6 +327,10 @@ class Trainer:
             _, grads, metrics = tf.while_loop(
                 lambda i, *_: i < self.ga, body, (tf.constant(1), grads, metrics)
             )
+        return self._averaged(names, grads, metrics, scale)
+
+    def _averaged(self, names, grads, metrics, scale):
+        """Sums over the GA micro-batches -> unscaled gradients (mean or sum) and mean metrics."""
         divisor = scale * (self.ga if self.loop.reduction_type == "mean" else 1.0)
         metrics = {k: v if k == "tokens" else v / self.ga for k, v in metrics.items()}
         return names, [g / divisor for g in grads], metrics
@@ -326,7 +383,8 @@ class Trainer:
                 stacked = {k: tf.stack([b[k] for b in batches]) for k in batches[0]}
                 return self._iterate(stacked, with_grads)
 
-            fn = tf.function(single, jit_compile=compiles_with_xla(self.loop, strategy))
+            xla = compiles_with_xla(self.loop, strategy, self.placement)
+            fn = tf.function(single, jit_compile=xla)
         else:
             fn = tf.function(lambda batches: self._distributed(batches, with_grads))
         self._step_fns[with_grads] = fn
@@ -824,7 +882,7 @@ def _compile_only(cfg, trainer, dataset):
     concrete = fn.get_concrete_function(spec)
     traced = time.time() - start
     how = "traced (no XLA)"
-    if compiles_with_xla(cfg.loop, trainer.strategy):
+    if compiles_with_xla(cfg.loop, trainer.strategy, trainer.placement):
         # Compiles without running: zeros stand for the inputs.
         zeros = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), spec)
         fn.experimental_get_compiler_ir(zeros)(stage="optimized_hlo")

@@ -251,13 +251,17 @@ def head_outputs(
         x, _ = modeling.bert_encoder(
             model.params, model.config, features, training, dropout_seed, compute_dtype, xla=xla
         )  # [B,S,H]
-        return modeling.span_logits(x, weights, bias)
+        with modeling_ops.stage("cls"):
+            return modeling.span_logits(x, weights, bias)
     pooled = modeling.bert_pooled_output(
         model.params, model.config, features, training, dropout_seed, compute_dtype, xla=xla
     )  # [B,H]
-    if training and dropout > 0:
-        pooled = modeling_ops.dropout(pooled, dropout, True, dropout_seed, salt=_SALT_CLASSIFIER)
-    return modeling.classifier_logits(pooled, weights, bias)
+    with modeling_ops.stage("cls"):
+        if training and dropout > 0:
+            pooled = modeling_ops.dropout(
+                pooled, dropout, True, dropout_seed, salt=_SALT_CLASSIFIER
+            )
+        return modeling.classifier_logits(pooled, weights, bias)
 
 
 def real_tokens(features):

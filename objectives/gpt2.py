@@ -25,6 +25,7 @@ import numpy as np
 
 import model_config_gpt2
 import options_gpt2
+import pipeline
 from common import fingerprint, tfrecords
 from common.errors import UserError
 from objectives import causal_lm
@@ -98,25 +99,18 @@ class GPT2Task:
             else None,
         )
         stages = a.layers_per_ipu
-        if stages:
-            stages = stages if isinstance(stages, list) else [stages]
-            if sum(stages) != config.n_layer:
-                raise UserError(
-                    f"--layers-per-ipu {' '.join(map(str, stages))} sums to {sum(stages)}, but the "
-                    f"model has {config.n_layer} blocks"
-                )
-            print(
-                f"warning: --layers-per-ipu: {len(stages)} pipeline stages are not built yet; "
-                "the model runs on one device per replica",
-                file=sys.stderr,
-            )
+        stages = stages if isinstance(stages, list) or stages is None else [stages]
+        self.placement = pipeline.from_gpt2(stages, config.n_layer)
         return config
 
     def build_model(self, strategy):
         import modeling_gpt2
+        import modeling_ops
 
-        with strategy.scope():
-            return modeling_gpt2.GPT2Model(self.config, seed=self.cfg.loop.seed)
+        with strategy.scope(), modeling_ops.placed(self.placement):
+            model = modeling_gpt2.GPT2Model(self.config, seed=self.cfg.loop.seed)
+        model.placement = self.placement
+        return model
 
     def initialise(self, trainer):
         """Copy --checkpoint-input-dir's weights into the model (before the loop)."""

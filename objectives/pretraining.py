@@ -14,6 +14,7 @@ import functools
 import os
 
 import model_config
+import pipeline
 from common import fingerprint, tfrecords
 from common.errors import UserError
 
@@ -158,6 +159,9 @@ class PretrainingTask:
             **model_config.from_options(dataclasses.asdict(cfg.model))
         )
         self.heads = ("mlm",) if self.roberta else ("mlm", "nsp")
+        self.placement = pipeline.from_bert(
+            cfg.model.pipeline_stages, cfg.model.device_mapping, self.config.num_hidden_layers
+        )
         data, loop = cfg.data, cfg.loop
         # Damaged TFRecords met by the training and evaluation pipelines (the loop reads it).
         self.damage = tfrecords.DamageLog(skip=data.skip_corrupt_records)
@@ -250,14 +254,17 @@ class PretrainingTask:
 
     def build_model(self, strategy):
         import modeling
+        import modeling_ops
         import training
 
         # The model's grouped ops (GroupBERT) pick their method by whether the step is compiled.
-        xla = training.compiles_with_xla(self.cfg.loop, strategy)
-        with strategy.scope():
-            return modeling.BertModel(
+        xla = training.compiles_with_xla(self.cfg.loop, strategy, self.placement)
+        with strategy.scope(), modeling_ops.placed(self.placement):
+            model = modeling.BertModel(
                 self.config, heads=self.heads, seed=self.cfg.loop.seed, xla=xla
             )
+        model.placement = self.placement
+        return model
 
     def loss(self, model, features, training, dropout_seed, compute_dtype, xla=None):
         """The training loss (and, when not training, the sums evaluation accumulates); `xla`
