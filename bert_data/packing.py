@@ -129,50 +129,46 @@ def packed_features(features, members, is_random):
     seq = features["input_ids"].shape[1]
     P = features["masked_lm_ids"].shape[1]
     used = members >= 0
-    lengths = features["input_mask"].sum(axis=1).astype(np.int64)
-    slot_len = np.where(used, lengths[np.maximum(members, 0)], 0)
+    row, slot = np.nonzero(used)  # one entry per packed sequence, row by row
+    order = members[used]  # the instances in that order
+    lengths = features["input_mask"].sum(axis=1)[order]  # real tokens: a prefix of each instance
+    preds = (features["masked_lm_weights"] > 0).sum(axis=1)[order]  # also a prefix
+    slot_len = np.zeros((rows, K), np.int64)
+    slot_len[used] = lengths
     offsets = np.cumsum(slot_len, axis=1) - slot_len  # [packs, K] first token of each sequence
-    row, slot = np.nonzero(used)  # one entry per packed sequence, row-major
-    member = members[row, slot]
 
-    def scatter(count):
-        """Places count[i] items of packed sequence i after those of the sequences before it in
-        its row: (source item index j, destination row, destination column, sequence index)."""
+    def concatenation(count, width, row_width):
+        """Each row's items back to back: the first count[i] of the `width` items of packed
+        sequence i. Returns (index of each item within its sequence, its flat index in the
+        [n, width] instance matrix, where the items go: bool [packs, row_width])."""
         first = np.cumsum(count) - count
-        seq_of = np.repeat(np.arange(len(count)), count)
-        j = np.arange(int(count.sum())) - first[seq_of]
-        in_row = np.zeros((rows, K), np.int64)
-        in_row[row, slot] = count
-        before = (np.cumsum(in_row, axis=1) - in_row)[row, slot]  # items of earlier slots
-        return j, row[seq_of], before[seq_of] + j, seq_of
+        within = np.arange(int(count.sum())) - np.repeat(first, count)
+        source = np.repeat(order * width, count) + within
+        in_row = np.bincount(row, weights=count, minlength=rows)
+        return within, source, np.arange(row_width) < in_row[:, None]
 
-    j, r, c, i = scatter(lengths[member])
-    src = member[i]
-    tokens = {name: np.zeros((rows, seq), np.int64) for name in ("ids", "seg", "sid", "pos")}
-    tokens["ids"][r, c] = features["input_ids"][src, j]
-    tokens["seg"][r, c] = features["segment_ids"][src, j]
-    tokens["sid"][r, c] = slot[i] + 1
-    tokens["pos"][r, c] = j
-    mask = tokens["sid"] > 0
+    def place(values, where):
+        out = np.zeros(where.shape, values.dtype)
+        out[where] = values
+        return out
 
-    k = (features["masked_lm_weights"] > 0).sum(axis=1)
-    j, r, c, i = scatter(k[member])
-    src = member[i]
-    lm = {name: np.zeros((rows, K * P), np.int64) for name in ("pos", "ids", "sid")}
-    lm["pos"][r, c] = features["masked_lm_positions"][src, j] + offsets[row[i], slot[i]]
-    lm["ids"][r, c] = features["masked_lm_ids"][src, j]
-    lm["sid"][r, c] = slot[i] + 1
-
+    within, source, token = concatenation(lengths, seq, seq)
+    ids, segments = (features[k].ravel()[source] for k in ("input_ids", "segment_ids"))
+    p_within, p_source, lm = concatenation(preds, P, K * P)
+    lm_positions = features["masked_lm_positions"].ravel()[p_source] + np.repeat(
+        offsets[row, slot], preds
+    )
+    lm_ids = features["masked_lm_ids"].ravel()[p_source]
     return [
-        ("input_ids", tokens["ids"], None),
-        ("input_mask", mask, None),
-        ("segment_ids", tokens["seg"], None),
-        ("sequence_ids", tokens["sid"], None),
-        ("positions", tokens["pos"], None),
-        ("masked_lm_positions", lm["pos"], None),
-        ("masked_lm_ids", lm["ids"], None),
-        ("masked_lm_weights", (lm["sid"] > 0).astype(np.float32), None),
-        ("masked_lm_sequence_ids", lm["sid"], None),
+        ("input_ids", place(ids, token), None),
+        ("input_mask", token, None),
+        ("segment_ids", place(segments, token), None),
+        ("sequence_ids", place(np.repeat(slot + 1, lengths), token), None),
+        ("positions", place(within, token), None),
+        ("masked_lm_positions", place(lm_positions, lm), None),
+        ("masked_lm_ids", place(lm_ids, lm), None),
+        ("masked_lm_weights", lm.astype(np.float32), None),
+        ("masked_lm_sequence_ids", place(np.repeat(slot + 1, preds), lm), None),
         ("next_sentence_labels", np.where(used, is_random[np.maximum(members, 0)], 0), None),
         ("next_sentence_weights", used.astype(np.float32), None),
         ("cls_positions", np.where(used, offsets, 0), None),
