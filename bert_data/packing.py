@@ -37,7 +37,7 @@ def pack_histogram(histogram, max_length, max_per_pack, algorithm="spfhp"):
       first); every sequence of the histogram is in exactly one pack.
     """
     best = algorithm == "best-fit"
-    stacks = [[] for _ in range(max_length)]  # stacks[space]: open groups [count, lengths]
+    stacks = [[] for _ in range(max_length)]  # stacks[space]: open groups (count, lengths)
     spaces = []  # sorted spaces whose stack is not empty
     done = []
 
@@ -154,7 +154,7 @@ def packed_features(features, members, is_random):
 
     within, source, token = concatenation(lengths, seq, seq)
     ids, segments = (features[k].ravel()[source] for k in ("input_ids", "segment_ids"))
-    p_within, p_source, lm = concatenation(preds, P, K * P)
+    _, p_source, lm = concatenation(preds, P, K * P)
     lm_positions = features["masked_lm_positions"].ravel()[p_source] + np.repeat(
         offsets[row, slot], preds
     )
