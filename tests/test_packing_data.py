@@ -173,14 +173,12 @@ def test_packed_bytes_do_not_depend_on_workers_and_shards_merge(tmp_path, sample
         outputs[name] = [(tmp_path / name / o).read_bytes() for o in ("a.tfrecord", "b.tfrecord")]
     assert outputs["w1"] == outputs["w2"] and all(outputs["w1"])
     (tmp_path / "parts").mkdir()
+    rows = []
     for k in range(2):
-        argv = _argv(tmp_path / "parts", sample_vocab) + [
-            "--shard-index",
-            str(k),
-            "--num-shards",
-            "2",
-        ]
-        cpd.run(cpd.build_parser().parse_args(argv))
+        flags = ["--shard-index", str(k), "--num-shards", "2"]
+        argv = _argv(tmp_path / "parts", sample_vocab, *flags)
+        rows.append(cpd.run(cpd.build_parser().parse_args(argv))["packs"])
+    assert rows[0] % 2  # shard 1's rows start on the second output: the rotation is exercised
     merge_shards.main(["--output-file", f"{tmp_path}/parts/a.tfrecord,{tmp_path}/parts/b.tfrecord"])
     for index, name in enumerate(("a.tfrecord", "b.tfrecord")):
         assert (tmp_path / "parts" / name).read_bytes() == outputs["w1"][index]
@@ -191,7 +189,7 @@ def test_packed_bytes_do_not_depend_on_workers_and_shards_merge(tmp_path, sample
 def _argv(directory, vocab, *extra):
     return ["--input-file", SAMPLE, "--vocab-file", vocab, "--do-lower-case", "--quiet",
             "--output-file", f"{directory}/a.tfrecord,{directory}/b.tfrecord",
-            "--chunk-size-mb", "0.002", "--duplication-factor", "2", "--packing", *extra]  # fmt: skip
+            "--chunk-size-mb", "0.002", "--duplication-factor", "2", "--seed", "4", "--packing", *extra]  # fmt: skip
 
 
 def test_fingerprint_summary_and_inspect_show_the_packing(tmp_path, sample_vocab):
