@@ -40,7 +40,7 @@ import types
 import numpy as np
 from numpy.random import SeedSequence, default_rng  # imported once here, not in every worker
 
-from bert_data import records
+from bert_data import packing, records
 from bert_data.tokenization import FullTokenizer, check_casing, check_special_tokens
 from common import cli, fingerprint
 from common.cli import Option
@@ -61,6 +61,9 @@ STAT_KEYS = (
     "random_token",
     "random_next",
     "replaced_bytes",
+    "packs",
+    "build_seconds",
+    "packing_seconds",
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +299,7 @@ def build_chunk(chunk_index, ranges, cfg):
       (framed TFRecord bytes uint8 [total], per-record framed byte lengths int64 [n] in written order,
       stats dict).
     """
+    started = time.perf_counter()
     py_seed, np_seed = SeedSequence([cfg["seed"], chunk_index]).generate_state(2)
     rng = random.Random(int(py_seed))
     gen = default_rng(int(np_seed))
@@ -326,13 +330,36 @@ def build_chunk(chunk_index, ranges, cfg):
     features = _instances(
         flat, sent_start[pairs[:, :4]], pairs[:, 4].astype(bool), cfg, rng, gen, stats
     )
+    n = len(pairs)
+    if cfg["packing"]:
+        features, n = _pack(features, cfg, gen, stats)
     shards = cfg["num_shards"]
     if shards > 1:  # written grouped by output file (the same records as with one output)
-        n = len(pairs)
         order = np.concatenate([np.arange(r, n, shards) for r in range(shards)])
         features = [(name, v[order], None if c is None else c[order]) for name, v, c in features]
-    data, lengths = records.encode_records(features, len(pairs))
+    data, lengths = records.encode_records(features, n)
+    stats["build_seconds"] = time.perf_counter() - started
     return data, lengths, stats
+
+
+def _pack(features, cfg, gen, stats):
+    """The chunk's instances packed into rows (`bert_data.packing`), the rows in random order.
+
+    The packing uses no random numbers before the rows' order: the instances are those of the
+    unpacked run. Returns (packed features, number of rows)."""
+    started = time.perf_counter()
+    by_name = {name: values for name, values, _ in features}
+    members = packing.pack(
+        by_name["input_mask"].sum(axis=1),
+        cfg["sequence_length"],
+        cfg["max_sequences_per_pack"],
+        cfg["packing_algorithm"],
+    )
+    members = members[gen.permutation(len(members))]
+    packed = packing.packed_features(by_name, members, by_name["next_sentence_labels"][:, 0])
+    stats["packs"] = len(members)
+    stats["packing_seconds"] = time.perf_counter() - started
+    return packed, len(members)
 
 
 def _instances(flat, bounds, is_random, cfg, rng, gen, stats):
@@ -539,6 +566,28 @@ def _check_args(args):
     check_shard(args.shard_index, args.num_shards)
     if args.num_shards > 1 and args.max_samples >= 0:
         raise UserError("--max-samples counts instances of the whole run: not with --num-shards")
+    _check_packing_args(args)
+
+
+def _check_packing_args(args):
+    if not args.packing:
+        for key in ("max_sequences_per_pack", "packing_algorithm"):
+            if getattr(args, key) is not None:
+                flag = f"--{key.replace('_', '-')}"
+                raise UserError(f"{flag} applies to packed data only: add --packing or drop {flag}")
+        return
+    if args.remask:
+        raise UserError(
+            "--packing writes the packed layout, --remask the static-mask one: choose one"
+        )
+    if args.max_samples >= 0:
+        raise UserError(
+            "--max-samples counts unpacked instances: not with --packing (use a smaller input)"
+        )
+    if args.max_sequences_per_pack is not None and args.max_sequences_per_pack < 1:
+        raise UserError(
+            f"--max-sequences-per-pack {args.max_sequences_per_pack} must be at least 1"
+        )
 
 
 def _option(group, key, kind, default, text, google=None):
@@ -550,6 +599,8 @@ def _option(group, key, kind, default, text, google=None):
 # The reference app's flags (kebab case), each also under Google's spelling where it has one, so
 # Google's README command runs unchanged. The defaults are the reference app's, not Google's.
 _IO, _DATA, _RUN = "input and output", "instances and masking", "running"
+_PACK = "packing (arXiv 2107.02027)"
+DEFAULT_SEQUENCES_PER_PACK = 3
 OPTIONS = (
     _option(_IO, "input_file", "str", None, "required: input text, comma-separated files or glob patterns", "input_file"),
     _option(_IO, "output_file", "str", None, "required: output TFRecord(s), comma-separated (several = shards)", "output_file"),
@@ -565,6 +616,14 @@ OPTIONS = (
     _option(_DATA, "remask", "bool", False, "write the static-mask layout (masked tokens first)"),
     _option(_DATA, "pad_position_value", "int", 384, "input_position of empty slots (remask)"),
     _option(_DATA, "max_samples", "int", -1, "stop after this many instances (-1: all)"),
+    _option(_PACK, "packing", "bool", False, "pack several instances into each row (sequence_ids "
+            "keep them apart; layout in bert_data/records.py)"),
+    _option(_PACK, "max_sequences_per_pack", "int", None, f"most instances in a row (default "
+            f"{DEFAULT_SEQUENCES_PER_PACK} with --packing)"),
+    Option("packing_algorithm", "str", None, "spfhp: into the pack with the most space left "
+           "(the paper's shortest-pack-first); best-fit: the least space that fits "
+           f"(default {packing.ALGORITHMS[0]} with --packing)", group=_PACK,
+           choices=packing.ALGORITHMS),
     _option(_RUN, "num_workers", "int", os.cpu_count() or 1, "parallel worker processes"),
     _option(_RUN, "chunk_size_mb", "float", 0.25, "text per unit of work (bounds memory)"),
     _option(_RUN, "shard_index", "int", 0, "with --num-shards N: the share of this machine, 0 to N-1"),
@@ -614,6 +673,21 @@ def _format_summary(stats, seconds, seq, outputs):
     return "\n".join(lines)
 
 
+def _format_packing(stats, seq, sequences_per_pack):
+    inst, rows = max(stats["instances"], 1), max(stats["packs"], 1)
+    build = max(stats["build_seconds"], 1e-9)
+    return "\n".join(
+        [
+            f"packed rows: {stats['packs']} from {stats['instances']} instances "
+            f"(mean {stats['instances'] / rows:.2f} sequences per row, at most {sequences_per_pack})",
+            f"real-token fraction unpacked -> packed: {stats['real_tokens'] / (inst * seq):.4f} -> "
+            f"{stats['real_tokens'] / (rows * seq):.4f}",
+            f"packing seconds: {stats['packing_seconds']:.2f} of {build:.2f} spent building chunks "
+            f"({stats['packing_seconds'] / build:.1%})",
+        ]
+    )
+
+
 def _chunk_config(args, tok, num_shards):
     """The plain dict every worker needs to build a chunk (picklable, no open handles)."""
     is_cont = None
@@ -639,7 +713,17 @@ def _chunk_config(args, tok, num_shards):
         "mask_id": tok.vocab["[MASK]"],
         "num_shards": num_shards,
         "first_chunk": 0,
+        "packing": args.packing,
+        "max_sequences_per_pack": _sequences_per_pack(args),
+        "packing_algorithm": args.packing_algorithm or packing.ALGORITHMS[0],
     }
+
+
+def _sequences_per_pack(args):
+    """K of the packed layout, None without --packing."""
+    if not args.packing:
+        return None
+    return args.max_sequences_per_pack or DEFAULT_SEQUENCES_PER_PACK
 
 
 def _ordered_results(chunks, cfg, num_workers, scratch_dir):
@@ -768,6 +852,7 @@ def run(args):
         chunks, cfg["first_chunk"] = planned[share.start : share.stop], share.start
         total_bytes = sum(map(_size, chunks))
     stats = dict.fromkeys(STAT_KEYS, 0)
+    written = 0  # records (rows when packing)
     stamps = [fingerprint.path_of(path) for path in outputs]
     with atomic_outputs(outputs + stamps) as handles, contextlib.ExitStack() as stack:
         handles, stamp_handles = handles[: len(outputs)], handles[len(outputs) :]
@@ -788,7 +873,8 @@ def run(args):
             if args.max_samples >= 0:
                 keep = min(keep, max(args.max_samples - stats["instances"], 0))
                 chunk_stats["instances"] = keep
-            _write_chunk(handles, data, lengths, stats["instances"], keep)
+            _write_chunk(handles, data, lengths, written, keep)
+            written += keep
             for key in STAT_KEYS:
                 stats[key] += chunk_stats[key]
             if 0 <= args.max_samples <= stats["instances"]:
@@ -799,7 +885,10 @@ def run(args):
         for handle in stamp_handles:
             handle.write(text)
     stats["seconds"] = time.time() - start
-    print(_format_summary(stats, stats["seconds"], args.sequence_length, outputs), file=sys.stderr)
+    summary = _format_summary(stats, stats["seconds"], args.sequence_length, outputs)
+    if args.packing:
+        summary += "\n" + _format_packing(stats, args.sequence_length, _sequences_per_pack(args))
+    print(summary, file=sys.stderr)
     return stats
 
 
@@ -813,7 +902,7 @@ def data_fingerprint(args, tok):
         do_lower_case=args.do_lower_case,
         sequence_length=args.sequence_length,
         mask_tokens=args.mask_tokens,
-        layout="remask" if args.remask else "standard",
+        layout="remask" if args.remask else PACKED_LAYOUT if args.packing else "standard",
         duplication_factor=args.duplication_factor,
         mlm_prob=args.mlm_prob,
         short_seq_prob=args.short_seq_prob,
@@ -821,7 +910,21 @@ def data_fingerprint(args, tok):
         whole_word_masking=args.whole_word_masking,
         pad_position_value=args.pad_position_value if args.remask else None,
         max_samples=args.max_samples,
+        **_packing_facts(args),
     )
+
+
+PACKED_LAYOUT = "packed_sequences"  # not "packed": create_mlm_data's concatenated text
+
+
+def _packing_facts(args):
+    """The fingerprint's packing keys; none without --packing (older fingerprints stay valid)."""
+    if not args.packing:
+        return {}
+    return {
+        "packing": args.packing_algorithm or packing.ALGORITHMS[0],
+        "max_sequences_per_pack": _sequences_per_pack(args),
+    }
 
 
 def _progress_bar(total_bytes, quiet):

@@ -93,6 +93,12 @@ def check_files(
     path = files[0]
     head = read_head(path, sample, skip_damage)
     ex = parse_example(head[0])
+    if records.is_packed(ex):
+        # The packed layout (records.py) needs a model that keeps the sequences of a row apart.
+        raise UserError(
+            f"{path} holds packed sequences (create_pretraining_data.py --packing), which "
+            "training does not read yet: make the data without --packing"
+        )
     remask = "input_position" in ex
     if "input_ids" not in ex or (not remask and "input_mask" not in ex):
         raise UserError(f"{path} is not BERT pretraining data (features: {sorted(ex)})")

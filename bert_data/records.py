@@ -1,9 +1,39 @@
 """Pretraining TFRecord schemas and a fast, TensorFlow-free writer.
 
-Two layouts (REFERENCE_APP.md §4.3):
+Three layouts (the first two: REFERENCE_APP.md §4.3):
   * standard: Google BERT's 7 features;
   * remask ("static mask"): masked tokens first, with `input_position`, `mask_padding_index`,
-    `seq_padding_index`, `masked_labels` (and the variable-length `masked_lm_positions`).
+    `seq_padding_index`, `masked_labels` (and the variable-length `masked_lm_positions`);
+  * packed (`create_pretraining_data.py --packing`): up to K standard instances in one row,
+    below.
+
+Packed layout. S = sequence length, P = mask tokens per sequence (`--mask-tokens`), K = most
+sequences per row (`--max-sequences-per-pack`). A row holds k <= K whole instances, each exactly
+as the unpacked run writes it ([CLS] A [SEP] B [SEP], its own masks and NSP label), back to back
+from position 0, then padding. All features are fixed-length; ints are int64, weights float32:
+
+  input_ids [S]               token ids (masked tokens replaced), 0 on padding
+  input_mask [S]              1 on the tokens of any sequence, 0 on padding
+  segment_ids [S]             each sequence's own 0/1 (A / B), 0 on padding
+  sequence_ids [S]            1..k: which sequence the token belongs to, 0 on padding
+  positions [S]               position of the token within its sequence (0 at its [CLS]), 0 on
+                              padding: use these, not 0..S-1, for the position embeddings
+  masked_lm_positions [K*P]   index in the row (not in the sequence) of each masked token; the
+                              predictions of sequence 1, then of sequence 2, ... each ascending;
+                              then 0 for unused slots. A sequence has at most P predictions, so
+                              K*P slots always suffice.
+  masked_lm_ids [K*P]         original token ids, 0 for unused slots
+  masked_lm_weights [K*P]     1.0 for real predictions, 0.0 for unused slots
+  masked_lm_sequence_ids [K*P]  sequence (1..k) of each prediction, 0 for unused slots
+  next_sentence_labels [K]    NSP label of sequence i at index i-1 (1 = random next), 0 beyond k
+  next_sentence_weights [K]   1.0 for the k sequences, 0.0 beyond
+  cls_positions [K]           index in the row of sequence i's [CLS] at index i-1, 0 beyond k
+
+A model without cross-contamination lets token t attend to token u only when
+sequence_ids[t] == sequence_ids[u] != 0, takes position embeddings from `positions`, gathers
+the MLM inputs at masked_lm_positions (loss weighted by masked_lm_weights) and the NSP inputs at
+cls_positions (loss weighted by next_sentence_weights). `unpack` turns a row back into the
+standard instances it holds.
 
 `encode_records` serialises many `tf.train.Example`s at once with NumPy (protobuf wire format written
 directly) and frames them as TFRecords (length, masked CRC32C). Importing TensorFlow costs
@@ -28,6 +58,20 @@ STANDARD_FEATURES = (
     "masked_lm_weights",
     "next_sentence_labels",
 )
+PACKED_FEATURES = (
+    "input_ids",
+    "input_mask",
+    "segment_ids",
+    "sequence_ids",
+    "positions",
+    "masked_lm_positions",
+    "masked_lm_ids",
+    "masked_lm_weights",
+    "masked_lm_sequence_ids",
+    "next_sentence_labels",
+    "next_sentence_weights",
+    "cls_positions",
+)
 REMASK_FEATURES = (
     "input_ids",
     "input_position",
@@ -42,8 +86,21 @@ REMASK_FEATURES = (
 )
 
 
-def feature_lengths(seq_length, mask_tokens, remask):
-    """{name: fixed length} of each feature; None marks a variable-length feature."""
+def feature_lengths(seq_length, mask_tokens, remask, sequences_per_pack=None):
+    """{name: fixed length} of each feature; None marks a variable-length feature.
+
+    `sequences_per_pack` K selects the packed layout (not with remask)."""
+    if sequences_per_pack:
+        per_token = ("input_ids", "input_mask", "segment_ids", "sequence_ids", "positions")
+        per_sequence = ("next_sentence_labels", "next_sentence_weights", "cls_positions")
+        return {
+            name: seq_length
+            if name in per_token
+            else sequences_per_pack
+            if name in per_sequence
+            else sequences_per_pack * mask_tokens
+            for name in PACKED_FEATURES
+        }
     if not remask:
         return {
             "input_ids": seq_length,
@@ -68,15 +125,16 @@ def feature_lengths(seq_length, mask_tokens, remask):
     }
 
 
-FLOAT_FEATURES = frozenset({"masked_lm_weights"})
+FLOAT_FEATURES = frozenset({"masked_lm_weights", "next_sentence_weights"})
 
 
-def parse_spec(seq_length, mask_tokens, remask):
+def parse_spec(seq_length, mask_tokens, remask, sequences_per_pack=None):
     """`tf.io.parse_*example` feature spec for one layout (imports TensorFlow)."""
     import tensorflow as tf
 
     spec = {}
-    for name, length in feature_lengths(seq_length, mask_tokens, remask).items():
+    lengths = feature_lengths(seq_length, mask_tokens, remask, sequences_per_pack)
+    for name, length in lengths.items():
         dtype = tf.float32 if name in FLOAT_FEATURES else tf.int64
         spec[name] = (
             tf.io.VarLenFeature(dtype) if length is None else tf.io.FixedLenFeature([length], dtype)
@@ -448,3 +506,42 @@ def to_standard(ex):
         "masked_lm_weights": np.asarray(ex["masked_lm_weights"]),
         "next_sentence_labels": np.asarray(ex["next_sentence_labels"]),
     }
+
+
+def is_packed(ex):
+    """Whether a parsed example (`parse_example`) has the packed layout."""
+    return "sequence_ids" in ex
+
+
+def unpack(ex):
+    """A packed-layout example -> the standard-layout instances it holds, in row order.
+
+    Args:
+      ex: {name: list} from `parse_example` (packed layout, see the module docstring).
+    Returns:
+      list of dicts of numpy arrays as `to_standard` returns them: input_ids, input_mask,
+      segment_ids [S] (the sequence from position 0, zero-padded), masked_lm_positions (relative
+      to the sequence), masked_lm_ids, masked_lm_weights [P], next_sentence_labels [1].
+    """
+    a = {k: np.asarray(v) for k, v in ex.items()}
+    seq = len(a["input_ids"])
+    P = len(a["masked_lm_ids"]) // len(a["next_sentence_labels"])
+    out = []
+    for i in np.flatnonzero(a["next_sentence_weights"] > 0):
+        start = int(a["cls_positions"][i])
+        tokens = np.flatnonzero(a["sequence_ids"] == i + 1)
+        preds = np.flatnonzero(
+            (a["masked_lm_sequence_ids"] == i + 1) & (a["masked_lm_weights"] > 0)
+        )
+        std = {name: np.zeros(seq, np.int64) for name in ("input_ids", "input_mask", "segment_ids")}
+        std["input_ids"][: len(tokens)] = a["input_ids"][tokens]
+        std["input_mask"][: len(tokens)] = 1
+        std["segment_ids"][: len(tokens)] = a["segment_ids"][tokens]
+        for name in ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights"):
+            std[name] = np.zeros(P, np.float32 if name in FLOAT_FEATURES else np.int64)
+        std["masked_lm_positions"][: len(preds)] = a["masked_lm_positions"][preds] - start
+        std["masked_lm_ids"][: len(preds)] = a["masked_lm_ids"][preds]
+        std["masked_lm_weights"][: len(preds)] = 1.0
+        std["next_sentence_labels"] = a["next_sentence_labels"][i : i + 1]
+        out.append(std)
+    return out
