@@ -51,7 +51,7 @@ class Placement:
 
     Attributes:
       num_devices: how many devices the placement uses (indices 0..num_devices-1).
-      names: device names once `bind` has run (e.g. "/device:CPU:1").
+      names: device names, set by `training.make_strategy` (e.g. "/device:CPU:1").
     """
 
     def __init__(self, layer_devices, part_devices, stages):
@@ -68,7 +68,7 @@ class Placement:
         return self.part_devices[kind]
 
     def device(self, kind, layer=None):
-        """Device name of a part (after `bind`)."""
+        """Device name of a part (once `names` is set)."""
         return self.names[self.index(kind, layer)]
 
     def variable_device(self, name):
@@ -81,29 +81,6 @@ class Placement:
                 layer = next((int(g) for g in found.groups() if g is not None), None)
                 return self.device(kind, layer)
         return self.device("cls")
-
-    def bind(self):
-        """Name the devices: this machine's GPUs, or its CPU split into `num_devices` logical
-        devices (which must happen before TensorFlow starts). Raises UserError when the machine
-        has fewer GPUs than the placement needs."""
-        import tensorflow as tf
-
-        import training
-
-        n = self.num_devices
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus:
-            if len(gpus) < n:
-                raise UserError(
-                    f"the pipeline places stages on {n} devices, but this machine has "
-                    f"{len(gpus)} GPU{'s' * (len(gpus) != 1)}: map the stages onto at most "
-                    f"{len(gpus)}, or drop the mapping (one device, no pipeline)"
-                )
-        else:
-            training.split_cpu(n, what=f"pipeline stages on {n} CPU devices")
-        kind = "GPU" if gpus else "CPU"
-        self.names = [d.name for d in tf.config.list_logical_devices(kind)[:n]]
-        return self
 
     def report(self, params, slots=None):
         """Lines describing each device: its stages, weights and optimizer state (MB)."""

@@ -62,22 +62,31 @@ def make_strategy(replicas, collective_timeout=None, placement=None):
         import pipeline
 
         pipeline.check_alone(placement, replicas, found.workers if found else 1)
-        placement.bind()
+        n = placement.num_devices
+        placement.names = local_devices(
+            n, f"pipeline stages on {n} devices", "map the stages onto fewer, or drop the mapping"
+        )
         return tf.distribute.get_strategy()
     if found is not None:
         return _multi_worker_strategy(found, replicas, collective_timeout)
     if replicas <= 1:
         return tf.distribute.get_strategy()
+    return tf.distribute.MirroredStrategy(local_devices(replicas, f"--replicas {replicas}"))
+
+
+def local_devices(n, what, hint=None):
+    """Names of n devices of this process: its GPUs when it has any, else the CPU split into n
+    logical devices (before TensorFlow starts). `what` (and `hint`) word the one-line error when
+    the machine has fewer GPUs."""
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus and len(gpus) < replicas:
+    if gpus and len(gpus) < n:
         raise UserError(
-            f"--replicas {replicas} needs {replicas} GPUs; this machine has {len(gpus)}"
+            f"{what} needs {n} GPUs; this machine has {len(gpus)}" + (f": {hint}" if hint else "")
         )
     if not gpus:
-        split_cpu(replicas)
+        split_cpu(n, what)
     kind = "GPU" if gpus else "CPU"
-    devices = [d.name for d in tf.config.list_logical_devices(kind)[:replicas]]
-    return tf.distribute.MirroredStrategy(devices)
+    return [d.name for d in tf.config.list_logical_devices(kind)[:n]]
 
 
 def _multi_worker_strategy(found, replicas, collective_timeout):
@@ -100,7 +109,7 @@ def _multi_worker_strategy(found, replicas, collective_timeout):
     return tf.distribute.MultiWorkerMirroredStrategy(resolver, communication_options=options)
 
 
-def split_cpu(n, what=None):
+def split_cpu(n, what):
     """Expose the CPU as n logical devices (data parallelism or pipeline stages without GPUs);
     `what` names the setting in the error when TensorFlow has already started."""
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -112,8 +121,7 @@ def split_cpu(n, what=None):
         )
     except RuntimeError:
         raise UserError(
-            f"{what or f'--replicas {n}'} on CPU must be set before TensorFlow starts "
-            "(it has already)"
+            f"{what} on CPU must be set before TensorFlow starts (it has already)"
         ) from None
 
 

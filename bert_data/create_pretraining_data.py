@@ -332,7 +332,7 @@ def build_chunk(chunk_index, ranges, cfg):
     )
     n = len(pairs)
     if cfg["packing"]:
-        features, n = _pack(features, cfg, gen, stats)
+        features, n = packing.pack_chunk(features, cfg, gen, stats)
     shards = cfg["num_shards"]
     if shards > 1:  # written grouped by output file (the same records as with one output)
         order = np.concatenate([np.arange(r, n, shards) for r in range(shards)])
@@ -340,26 +340,6 @@ def build_chunk(chunk_index, ranges, cfg):
     data, lengths = records.encode_records(features, n)
     stats["build_seconds"] = time.perf_counter() - started
     return data, lengths, stats
-
-
-def _pack(features, cfg, gen, stats):
-    """The chunk's instances packed into rows (`bert_data.packing`), the rows in random order.
-
-    The packing uses no random numbers before the rows' order: the instances are those of the
-    unpacked run. Returns (packed features, number of rows)."""
-    started = time.perf_counter()
-    by_name = {name: values for name, values, _ in features}
-    members = packing.pack(
-        by_name["input_mask"].sum(axis=1),
-        cfg["sequence_length"],
-        cfg["max_sequences_per_pack"],
-        cfg["packing_algorithm"],
-    )
-    members = members[gen.permutation(len(members))]
-    packed = packing.packed_features(by_name, members, by_name["next_sentence_labels"][:, 0])
-    stats["packs"] = len(members)
-    stats["packing_seconds"] = time.perf_counter() - started
-    return packed, len(members)
 
 
 def _instances(flat, bounds, is_random, cfg, rng, gen, stats):
@@ -566,28 +546,7 @@ def _check_args(args):
     check_shard(args.shard_index, args.num_shards)
     if args.num_shards > 1 and args.max_samples >= 0:
         raise UserError("--max-samples counts instances of the whole run: not with --num-shards")
-    _check_packing_args(args)
-
-
-def _check_packing_args(args):
-    if not args.packing:
-        for key in ("max_sequences_per_pack", "packing_algorithm"):
-            if getattr(args, key) is not None:
-                flag = f"--{key.replace('_', '-')}"
-                raise UserError(f"{flag} applies to packed data only: add --packing or drop {flag}")
-        return
-    if args.remask:
-        raise UserError(
-            "--packing writes the packed layout, --remask the static-mask one: choose one"
-        )
-    if args.max_samples >= 0:
-        raise UserError(
-            "--max-samples counts unpacked instances: not with --packing (use a smaller input)"
-        )
-    if args.max_sequences_per_pack is not None and args.max_sequences_per_pack < 1:
-        raise UserError(
-            f"--max-sequences-per-pack {args.max_sequences_per_pack} must be at least 1"
-        )
+    packing.check_args(args)
 
 
 def _option(group, key, kind, default, text, google=None):
@@ -671,21 +630,6 @@ def _format_summary(stats, seconds, seq, outputs):
         f"wrote: {', '.join(outputs)}",
     ]
     return "\n".join(lines)
-
-
-def _format_packing(stats, seq, sequences_per_pack):
-    inst, rows = max(stats["instances"], 1), max(stats["packs"], 1)
-    build = max(stats["build_seconds"], 1e-9)
-    return "\n".join(
-        [
-            f"packed rows: {stats['packs']} from {stats['instances']} instances "
-            f"(mean {stats['instances'] / rows:.2f} sequences per row, at most {sequences_per_pack})",
-            f"real-token fraction unpacked -> packed: {stats['real_tokens'] / (inst * seq):.4f} -> "
-            f"{stats['real_tokens'] / (rows * seq):.4f}",
-            f"packing seconds: {stats['packing_seconds']:.2f} of {build:.2f} spent building chunks "
-            f"({stats['packing_seconds'] / build:.1%})",
-        ]
-    )
 
 
 def _chunk_config(args, tok, num_shards):
@@ -887,7 +831,9 @@ def run(args):
     stats["seconds"] = time.time() - start
     summary = _format_summary(stats, stats["seconds"], args.sequence_length, outputs)
     if args.packing:
-        summary += "\n" + _format_packing(stats, args.sequence_length, _sequences_per_pack(args))
+        summary += "\n" + packing.format_stats(
+            stats, args.sequence_length, _sequences_per_pack(args)
+        )
     print(summary, file=sys.stderr)
     return stats
 

@@ -17,8 +17,11 @@ the one a sequence-by-sequence loop with the same rule gives (tests/test_packing
 """
 
 import bisect
+import time
 
 import numpy as np
+
+from common.errors import UserError
 
 ALGORITHMS = ("spfhp", "best-fit")
 
@@ -173,3 +176,64 @@ def packed_features(features, members, is_random):
         ("next_sentence_weights", used.astype(np.float32), None),
         ("cls_positions", np.where(used, offsets, 0), None),
     ]
+
+
+# ----------------------------------------------------------------------------- the data tool's side
+
+
+def pack_chunk(features, cfg, gen, stats):
+    """The chunk's instances packed into rows (create_pretraining_data's chunks), the rows in random order.
+
+    The packing uses no random numbers before the rows' order: the instances are those of the
+    unpacked run. Returns (packed features, number of rows)."""
+    started = time.perf_counter()
+    by_name = {name: values for name, values, _ in features}
+    members = pack(
+        by_name["input_mask"].sum(axis=1),
+        cfg["sequence_length"],
+        cfg["max_sequences_per_pack"],
+        cfg["packing_algorithm"],
+    )
+    members = members[gen.permutation(len(members))]
+    packed = packed_features(by_name, members, by_name["next_sentence_labels"][:, 0])
+    stats["packs"] = len(members)
+    stats["packing_seconds"] = time.perf_counter() - started
+    return packed, len(members)
+
+
+def check_args(args):
+    """create_pretraining_data's packing flags: one UserError line when they do not fit together."""
+    if not args.packing:
+        for key in ("max_sequences_per_pack", "packing_algorithm"):
+            if getattr(args, key) is not None:
+                flag = f"--{key.replace('_', '-')}"
+                raise UserError(f"{flag} applies to packed data only: add --packing or drop {flag}")
+        return
+    if args.remask:
+        raise UserError(
+            "--packing writes the packed layout, --remask the static-mask one: choose one"
+        )
+    if args.max_samples >= 0:
+        raise UserError(
+            "--max-samples counts unpacked instances: not with --packing (use a smaller input)"
+        )
+    if args.max_sequences_per_pack is not None and args.max_sequences_per_pack < 1:
+        raise UserError(
+            f"--max-sequences-per-pack {args.max_sequences_per_pack} must be at least 1"
+        )
+
+
+def format_stats(stats, seq, sequences_per_pack):
+    """The data tool's packing statistics (rows, sequences per row, real-token fraction, time)."""
+    inst, rows = max(stats["instances"], 1), max(stats["packs"], 1)
+    build = max(stats["build_seconds"], 1e-9)
+    return "\n".join(
+        [
+            f"packed rows: {stats['packs']} from {stats['instances']} instances "
+            f"(mean {stats['instances'] / rows:.2f} sequences per row, at most {sequences_per_pack})",
+            f"real-token fraction unpacked -> packed: {stats['real_tokens'] / (inst * seq):.4f} -> "
+            f"{stats['real_tokens'] / (rows * seq):.4f}",
+            f"packing seconds: {stats['packing_seconds']:.2f} of {build:.2f} spent building chunks "
+            f"({stats['packing_seconds'] / build:.1%})",
+        ]
+    )
