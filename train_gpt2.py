@@ -74,8 +74,7 @@ def main(argv=None):
         line_format=line_format(task.steps_per_epoch, cfg.loop.device_iterations),
         damage=task.damage,
     )
-    found = cluster.current()
-    if result.run_dir and not result.stopped and (found is None or found.chief):
+    if result.run_dir and not result.stopped and cluster.is_chief():
         import interop_gpt2
 
         folder = os.path.join(result.run_dir, "hf")

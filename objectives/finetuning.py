@@ -26,6 +26,7 @@ import numpy as np
 import interop
 import model_config
 import options
+from common import cluster
 from common.errors import UserError
 
 # Fine-tuning defaults (the reference's fine-tuning configs): AdamW, warm-up then linear decay.
@@ -214,7 +215,7 @@ def train_or_load(cfg, resolved, strategy, model, head, loss_fn, arrays, evaluat
         init=init,
         evaluate=evaluate,
     )
-    if result.run_dir is None:  # compile only
+    if result.run_dir is None or not cluster.is_chief():  # compile only, or a deleted temp dir
         return None
     vocab_copy = os.path.join(result.run_dir, "vocab.txt")
     if cfg.data.vocab_file and not os.path.exists(vocab_copy):
@@ -371,6 +372,40 @@ def generated_arrays(cfg, num, vocab_size, extra):
     }
     arrays.update(extra(rng, num))
     return arrays
+
+
+CHIEF_WRITE_TIMEOUT = 24 * 3600.0  # seconds the other workers wait for the chief's outputs
+
+
+def chief_only(name, write):
+    """What a run does after its loop (predict, evaluate, write files): `write()`, on the chief alone.
+
+    On several workers the others skip it (prediction runs on each worker's own copy of the
+    weights, without collectives) and wait at a barrier of TensorFlow's coordination service until
+    the chief has written: so the workers stay in step (GLUE's next seed trains on all of them,
+    with no collective waiting out its timeout meanwhile) and leave together (TensorFlow reports a
+    worker that leaves early as crashed). The barrier fails as soon as a worker is gone, else after
+    CHIEF_WRITE_TIMEOUT. `name` tells the barrier apart from the run's others.
+
+    Returns:
+      write()'s result on the chief (or alone), None on the other workers.
+    """
+    found = cluster.current()
+    if found is None:
+        return write()
+    result = write() if found.chief else None
+    import tensorflow as tf
+    from tensorflow.python.eager import context  # the coordination service has no public API
+
+    try:
+        context.context().wait_at_barrier(name, int(CHIEF_WRITE_TIMEOUT * 1000))
+    except tf.errors.OpError as err:
+        first = err.message.strip().splitlines()[0]
+        raise UserError(
+            f"worker {found.index}: not every worker reached the end of {name} "
+            f"({type(err).__name__}: {first[:160]}); see the other workers' errors"
+        ) from None
+    return result
 
 
 def output_dir(cfg, run_dir=None):

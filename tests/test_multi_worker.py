@@ -19,6 +19,8 @@ import pytest
 from common import cluster
 from common.errors import UserError
 from tests.run_outputs import run_script
+from tests.test_finetuning import TINY as TINY_FINETUNING
+from tests.test_finetuning import mrpc_dir, squad_file  # noqa: F401 (fixtures)
 from tests.test_run_pretraining import STEP_LINE, _final_state, run_dirs, small_run_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -251,3 +253,62 @@ def test_gpt2_two_workers_equal_two_replicas(tmp_path):
     for name in wa:
         np.testing.assert_allclose(wa[name], wb[name], rtol=0, atol=1e-6, err_msg=name)
     assert os.listdir(tmp_path / "worker_tmp") == []
+
+
+FINETUNING_STEP = re.compile(r"^step: (\d+), epoch: [\d.]+, lr: \S+, loss: ([\d.]+)", re.M)
+
+
+def _finetune_both_ways(tmp_path, script, args):
+    """Runs `script args` as 2 workers and as 1 process with --replicas 2, each saving under its
+    own folder of tmp_path with --output-dir out/ there; checks that both wrote the same output
+    files, byte for byte, and that the other worker left nothing. Returns (the chief's stdout,
+    the single process's stdout)."""
+    multi = _launch(tmp_path, *args, "--save-path", tmp_path / "multi", "--output-dir",
+                    tmp_path / "multi" / "out", script=script)  # fmt: skip
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    single = run_script(script, *args, "--replicas", 2, "--save-path", tmp_path / "one",
+                        "--output-dir", tmp_path / "one" / "out")  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert os.listdir(tmp_path / "worker_tmp") == []  # the other worker's run directory is gone
+    assert len(os.listdir(tmp_path / "multi")) == len(os.listdir(tmp_path / "one"))  # runs + out
+    outputs = {}
+    for way in ("multi", "one"):
+        out = tmp_path / way / "out"
+        outputs[way] = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*.*")}
+    assert outputs["multi"] == outputs["one"]
+    return _chief_lines(multi.stdout), single.stdout, sorted(outputs["one"])
+
+
+def test_glue_two_workers_equal_two_replicas(tmp_path, sample_vocab, mrpc_dir):  # noqa: F811
+    """run_classifier.py, 2 seeds: every step, the dev metrics and the test predictions of 2
+    workers equal --replicas 2; only the chief writes (the others wait for it between seeds)."""
+    args = ["--config", ROOT + "/configs/glue_tiny.json", *TINY_FINETUNING,
+            "--global-batch-size", 8, "--task-name", "mrpc", "--data-dir", mrpc_dir,
+            "--vocab-file", sample_vocab, "--num-train-steps", 3, "--num-seeds", 2, "--seed", 5,
+            "--do-training", "--do-evaluation", "--do-predict"]  # fmt: skip
+    chief, single, files = _finetune_both_ways(
+        tmp_path, os.path.join(ROOT, "run_classifier.py"), args
+    )
+    assert files == ["eval_summary.txt"] + [
+        f"seed_{s}/{name}" for s in (5, 6) for name in ("eval_results.txt", "predict_results.txt")
+    ]
+    steps = FINETUNING_STEP.findall(chief)
+    assert len(steps) == 6 and steps == FINETUNING_STEP.findall(single)
+    run_dir = sorted(glob.glob(str(tmp_path / "multi" / "GLUE_*")))[0]  # a run per seed
+    with open(os.path.join(run_dir, "arguments.json")) as f:
+        arguments = json.load(f)
+    assert arguments["gradient_accumulation_count"] == 1  # global batch 8 = 4 x 2 workers
+
+
+def test_squad_two_workers_equal_two_replicas(tmp_path, sample_vocab, squad_file):  # noqa: F811
+    """run_squad.py: training, predictions and their scores of 2 workers equal --replicas 2; only
+    the chief writes them (the other worker waits for it and leaves with it)."""
+    args = ["--config", ROOT + "/configs/squad_tiny.json", *TINY_FINETUNING,
+            "--global-batch-size", 8, "--doc-stride", 24, "--max-query-length", 16,
+            "--vocab-file", sample_vocab, "--train-file", squad_file, "--predict-file", squad_file,
+            "--num-train-steps", 3, "--tfrecord-dir", tmp_path / "cache",
+            "--do-training", "--do-predict", "--do-evaluation"]  # fmt: skip
+    chief, single, files = _finetune_both_ways(tmp_path, os.path.join(ROOT, "run_squad.py"), args)
+    assert files == ["eval_results.json", "nbest_predictions.json", "predictions.json"]
+    steps = FINETUNING_STEP.findall(chief)
+    assert len(steps) == 3 and steps == FINETUNING_STEP.findall(single)
