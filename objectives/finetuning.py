@@ -400,10 +400,10 @@ def chief_only(name, write):
     try:
         context.context().wait_at_barrier(name, int(CHIEF_WRITE_TIMEOUT * 1000))
     except tf.errors.OpError as err:
-        first = err.message.strip().splitlines()[0]
+        first = err.message.strip().splitlines()[0].split(". ")[0]
         raise UserError(
-            f"worker {found.index}: not every worker reached the end of {name} "
-            f"({type(err).__name__}: {first[:160]}); see the other workers' errors"
+            f"worker {found.index}: another worker stopped before the end of {name} "
+            f"({type(err).__name__}: {first[:160]}); see its error"
         ) from None
     return result
 

@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -194,6 +195,47 @@ def test_launcher_stops_the_others_when_one_fails_and_bounds_the_run(tmp_path):
     status = launch_workers.run_local([sys.executable, "-c", "import time; time.sleep(60)"], 2,
                                       timeout=2, grace=1)  # fmt: skip
     assert status == 124
+
+
+def test_pretrain_distributed_prints_both_phases_per_host(tmp_path):
+    """--hosts: each phase's command per host with its TF_CONFIG; phase 2 (phase 2's config and
+    data) starts from phase 1's newest run directory, found when phase 2 is started."""
+    save = tmp_path / "save here"  # a path the printed commands must quote
+    env = dict(os.environ, SAVE_PATH=str(save), VOCAB=str(tmp_path / "none"))
+    script = os.path.join(ROOT, "scripts", "pretrain_distributed.sh")
+    result = subprocess.run([script, "--hosts", "h0,h1", "large", "--seed", "3"], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if line.startswith("#")] == [
+        "# phase 1", "# on h0", "# on h1", lines[5], "# on h0", "# on h1"
+    ]  # fmt: skip
+    assert lines[5].startswith("# phase 2 starts from the last checkpoint of ")
+    phases = [lines[2:5:2], lines[7:10:2]]
+    for phase, config, data in ((1, "large_128_phase1", "128"), (2, "large_384_phase2", "384")):
+        for k, line in enumerate(phases[phase - 1]):
+            words = shlex.split(line)
+            assert words[0].startswith("TF_CONFIG=")
+            assert json.loads(words[0][len("TF_CONFIG=") :]) == {
+                "cluster": {"worker": ["h0:12345", "h1:12345"]},
+                "task": {"type": "worker", "index": k},
+            }
+            assert words[1:5] == ["python3", "run_pretraining.py", "--config",
+                                  f"configs/pretrain_{config}.json"]  # fmt: skip
+            assert words[words.index("--train-file") + 1].startswith(
+                f"data/tf_wikipedia/tokenised_{data}_"
+            )
+            assert words[words.index("--save-path") + 1] == f"{save}/phase{phase}"
+            assert words[-2:] == ["--seed", "3"]
+    assert "--init-checkpoint" not in phases[0][0]
+    # phase 2's --init-checkpoint, as the shell on each host expands it, is phase 1's newest run
+    for age, name in enumerate(("pretraining_new", "pretraining_old")):
+        os.makedirs(save / "phase1" / name)
+        os.utime(save / "phase1" / name, (1e9 - age, 1e9 - age))
+    argument = phases[1][0].split("--init-checkpoint ", 1)[1].split(" --save-path")[0]
+    shown = subprocess.run(["bash", "-c", f"printf %s {argument}"], capture_output=True,
+                           text=True, timeout=10, check=True)  # fmt: skip
+    assert shown.stdout == f"{save}/phase1/pretraining_new"
 
 
 def test_cluster_from_tf_config_and_slurm():
