@@ -374,40 +374,6 @@ def generated_arrays(cfg, num, vocab_size, extra):
     return arrays
 
 
-CHIEF_WRITE_TIMEOUT = 24 * 3600.0  # seconds the other workers wait for the chief's outputs
-
-
-def chief_only(name, write):
-    """What a run does after its loop (predict, evaluate, write files): `write()`, on the chief alone.
-
-    On several workers the others skip it (prediction runs on each worker's own copy of the
-    weights, without collectives) and wait at a barrier of TensorFlow's coordination service until
-    the chief has written: so the workers stay in step (GLUE's next seed trains on all of them,
-    with no collective waiting out its timeout meanwhile) and leave together (TensorFlow reports a
-    worker that leaves early as crashed). The barrier fails as soon as a worker is gone, else after
-    CHIEF_WRITE_TIMEOUT. `name` tells the barrier apart from the run's others.
-
-    Returns:
-      write()'s result on the chief (or alone), None on the other workers.
-    """
-    found = cluster.current()
-    if found is None:
-        return write()
-    result = write() if found.chief else None
-    import tensorflow as tf
-    from tensorflow.python.eager import context  # the coordination service has no public API
-
-    try:
-        context.context().wait_at_barrier(name, int(CHIEF_WRITE_TIMEOUT * 1000))
-    except tf.errors.OpError as err:
-        first = err.message.strip().splitlines()[0].split(". ")[0]
-        raise UserError(
-            f"worker {found.index}: another worker stopped before the end of {name} "
-            f"({type(err).__name__}: {first[:160]}); see its error"
-        ) from None
-    return result
-
-
 def output_dir(cfg, run_dir=None):
     """Where predictions and results go: --output-dir, else the training run's directory."""
     path = cfg.finetune.output_dir or run_dir

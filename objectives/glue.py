@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+import objectives
 from common.errors import UserError
 from objectives import finetuning
 
@@ -140,7 +141,7 @@ class GlueTask:
         )  # fmt: skip
         if cfg.loop.compile_only:
             return None
-        return finetuning.chief_only(
+        return objectives.chief_only(
             f"GLUE seed {seed}", lambda: self.write(cfg, seed, model, out_dir)
         )
 

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+import objectives
 from common.errors import UserError
 from objectives import finetuning
 
@@ -114,7 +115,7 @@ class SquadTask:
             cfg, self.resolved, strategy, model, "squad", squad_loss, self.train_arrays
         )
         if self.predicting and not cfg.loop.compile_only:
-            finetuning.chief_only("SQuAD predictions", lambda: self.write(model, run_dir))
+            objectives.chief_only("SQuAD predictions", lambda: self.write(model, run_dir))
         return 0
 
     def write(self, model, run_dir):
