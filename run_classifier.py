@@ -32,13 +32,12 @@ def main(argv=None):
 
     cfg = task.cfg
     seeds = [cfg.loop.seed + k for k in range(cfg.finetune.num_seeds)]
-    results = []
-    for seed in seeds:
+    strategy = training.make_strategy(cfg.loop.replicas, cfg.loop.collective_timeout)
+    results = []  # dev metrics of each seed; none on the other workers (the chief evaluates)
+    for k, seed in enumerate(seeds):
         if len(seeds) > 1:
-            print(f"==== seed {seed} ({len(results) + 1} of {len(seeds)})", flush=True)
-        metrics = task.run_seed(
-            seed, training.make_strategy(cfg.loop.replicas, cfg.loop.collective_timeout)
-        )
+            print(f"==== seed {seed} ({k + 1} of {len(seeds)})", flush=True)
+        metrics = task.run_seed(seed, strategy)
         if metrics is not None:
             results.append(metrics)
     if results:

@@ -23,7 +23,6 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import options_gpt2
-from common import cluster
 from common.errors import cli_main
 
 
@@ -41,6 +40,18 @@ def line_format(steps_per_epoch, device_iterations):
         )
 
     return fmt
+
+
+def write_hf(cfg, task, model, result):
+    """The final weights as a Hugging Face folder `hf/` of the run directory."""
+    import interop_gpt2
+
+    folder = os.path.join(result.run_dir, "hf")
+    interop_gpt2.write_hf_gpt2(folder, task.config, {n: v.numpy() for n, v in model.params.items()})
+    if cfg.a.vocab_file and cfg.a.merges_file:  # a folder generation and evaluation can use
+        shutil.copyfile(cfg.a.vocab_file, os.path.join(folder, "vocab.json"))
+        shutil.copyfile(cfg.a.merges_file, os.path.join(folder, "merges.txt"))
+    print(f"Hugging Face folder of the final weights: {folder}")
 
 
 @cli_main
@@ -76,18 +87,8 @@ def main(argv=None):
         line_format=line_format(task.steps_per_epoch, cfg.loop.device_iterations),
         damage=task.damage,
     )
-    found = cluster.current()
-    if result.run_dir and not result.stopped and (found is None or found.chief):
-        import interop_gpt2
-
-        folder = os.path.join(result.run_dir, "hf")
-        interop_gpt2.write_hf_gpt2(
-            folder, task.config, {n: v.numpy() for n, v in model.params.items()}
-        )
-        if cfg.a.vocab_file and cfg.a.merges_file:  # a folder generation and evaluation can use
-            shutil.copyfile(cfg.a.vocab_file, os.path.join(folder, "vocab.json"))
-            shutil.copyfile(cfg.a.merges_file, os.path.join(folder, "merges.txt"))
-        print(f"Hugging Face folder of the final weights: {folder}")
+    if result.run_dir and not result.stopped:
+        objectives.chief_only("the Hugging Face folder", lambda: write_hf(cfg, task, model, result))
     if result.evaluation:
         e = result.evaluation
         print(f"final: eval_loss: {e['loss']:.4f}, eval_ppl: {e['ppl']:.2f}")

@@ -67,6 +67,12 @@ def current(environ=None):
     return cluster if cluster.workers > 1 else None
 
 
+def is_chief():
+    """Whether this process writes the run's outputs: it runs alone, or it is worker 0."""
+    found = current()
+    return found is None or found.chief
+
+
 def workers():
     """How many processes take part (1 when alone)."""
     found = current()

@@ -6,10 +6,13 @@ evaluation and prediction.
 - `finetuning`: what the two fine-tuning tasks share (model from a checkpoint, heads, prediction).
 
 A run script reads its config (`options.parse_options`), builds its task, and hands the model, the
-loss and the data to the one training loop (`training.train`) through `objectives.fit`. Training and
-evaluation use the same loss functions. (The name is not `tasks/`: GPT-2's reference app keeps its
-evaluation scripts there.)
+loss and the data to the one training loop (`training.train`) through `objectives.fit`; what it
+writes after the loop goes through `objectives.chief_only` (on several workers, the chief writes).
+Training and evaluation use the same loss functions. (The name is not `tasks/`: GPT-2's reference
+app keeps its evaluation scripts there.)
 """
+
+from common.errors import UserError
 
 
 def initialise(cfg, trainer, path):
@@ -65,3 +68,40 @@ def fit(cfg, strategy, model, loss_fn, dataset, **kwargs):
         elif cfg.checkpoint.init_checkpoint:
             notes += initialise(cfg, trainer, cfg.checkpoint.init_checkpoint)
     return training.train(cfg, trainer, dataset, notes=notes, **kwargs)
+
+
+CHIEF_WRITE_TIMEOUT = 24 * 3600.0  # seconds the other workers wait for the chief's outputs
+
+
+def chief_only(name, write):
+    """What a script does after the loop (predict, evaluate, write files): `write()`, on the chief.
+
+    On several workers the others skip it (prediction runs on each worker's own copy of the
+    weights, without collectives) and wait at a barrier of TensorFlow's coordination service until
+    the chief is done: so the workers stay in step (GLUE's next seed trains on all of them, with no
+    collective waiting out its timeout meanwhile) and leave together (TensorFlow reports a worker
+    that leaves early as crashed). The barrier fails when a worker is gone (TensorFlow's heartbeats
+    tell), else after CHIEF_WRITE_TIMEOUT. `name` tells the barrier apart from the run's others.
+    Every worker must call it where the chief does.
+
+    Returns:
+      write()'s result on the chief (or alone), None on the other workers.
+    """
+    from common import cluster
+
+    found = cluster.current()
+    if found is None:
+        return write()
+    import tensorflow as tf
+    from tensorflow.python.eager import context  # the coordination service has no public API
+
+    result = write() if found.chief else None
+    try:
+        context.context().wait_at_barrier(name, int(CHIEF_WRITE_TIMEOUT * 1000))
+    except tf.errors.OpError as err:
+        first = err.message.strip().splitlines()[0].split(". ")[0]
+        raise UserError(
+            f"worker {found.index}: another worker stopped before the end of {name} "
+            f"({type(err).__name__}: {first[:160]}); see its error"
+        ) from None
+    return result

@@ -26,6 +26,7 @@ import numpy as np
 import interop
 import model_config
 import options
+from common import cluster
 from common.errors import UserError
 
 # Fine-tuning defaults (the reference's fine-tuning configs): AdamW, warm-up then linear decay.
@@ -214,7 +215,7 @@ def train_or_load(cfg, resolved, strategy, model, head, loss_fn, arrays, evaluat
         init=init,
         evaluate=evaluate,
     )
-    if result.run_dir is None:  # compile only
+    if result.run_dir is None or not cluster.is_chief():  # compile only, or a deleted temp dir
         return None
     vocab_copy = os.path.join(result.run_dir, "vocab.txt")
     if cfg.data.vocab_file and not os.path.exists(vocab_copy):

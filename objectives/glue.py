@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+import objectives
 from common.errors import UserError
 from objectives import finetuning
 
@@ -140,7 +141,14 @@ class GlueTask:
         )  # fmt: skip
         if cfg.loop.compile_only:
             return None
-        out_dir = finetuning.output_dir(cfg, out_dir)
+        return objectives.chief_only(
+            f"GLUE seed {seed}", lambda: self.write(cfg, seed, model, out_dir)
+        )
+
+    def write(self, cfg, seed, model, run_dir):
+        """Dev metrics into eval_results.txt and test predictions, as the phases ask; returns the
+        dev metrics or None."""
+        out_dir = finetuning.output_dir(cfg, run_dir)
         if cfg.finetune.output_dir and cfg.finetune.num_seeds > 1:
             out_dir = os.path.join(out_dir, f"seed_{seed}")
             os.makedirs(out_dir, exist_ok=True)

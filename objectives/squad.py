@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+import objectives
 from common.errors import UserError
 from objectives import finetuning
 
@@ -113,10 +114,15 @@ class SquadTask:
         run_dir = finetuning.train_or_load(
             cfg, self.resolved, strategy, model, "squad", squad_loss, self.train_arrays
         )
-        if not self.predicting or cfg.loop.compile_only:
-            return 0
+        if self.predicting and not cfg.loop.compile_only:
+            objectives.chief_only("SQuAD predictions", lambda: self.write(model, run_dir))
+        return 0
+
+    def write(self, model, run_dir):
+        """Predictions (and their scores with --do-evaluation) into output_dir."""
         from bert_data import squad
 
+        cfg = self.cfg
         tune = cfg.finetune
         out_dir = finetuning.output_dir(cfg, run_dir)
         paths = squad.write_predictions(
@@ -140,7 +146,6 @@ class SquadTask:
                 + format_result(result, tune.version_2_with_negative),
                 flush=True,
             )
-        return 0
 
     def predict_logits(self, model):
         """{unique_id: (start_logits [S], end_logits [S])} for every prediction feature."""

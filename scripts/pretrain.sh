@@ -6,6 +6,8 @@
 # Paths are the variables below (override them from the environment). RUNNER is the command that
 # runs each phase's script (default python3; scripts/pretrain_distributed.sh sets a launcher). Data comes from
 # scripts/create_wikipedia_dataset.sh; the configs hold the recipes (see README, "Pretraining").
+# PHASE1_RUN is the run directory phase 2 starts from (default: the newest $SAVE_PATH/phase1 run;
+# pretrain_distributed.sh --hosts, which only prints the commands, sets a placeholder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,9 +37,10 @@ shift
 vocab=()
 [ -f "$VOCAB" ] && vocab=(--vocab-file "$VOCAB")
 
+echo "# phase 1"
 "${runner[@]}" run_pretraining.py "${phase1[@]}" --train-file "$DATA_128" "${vocab[@]}" \
   --save-path "$SAVE_PATH/phase1" "$@"
-phase1_run=$(ls -td "$SAVE_PATH"/phase1/pretraining_* | head -n 1)
-echo "phase 2 starts from the last checkpoint of $phase1_run"
+phase1_run=${PHASE1_RUN:-$(ls -td "$SAVE_PATH"/phase1/pretraining_* | head -n 1)}
+echo "# phase 2 starts from the last checkpoint of $phase1_run"
 "${runner[@]}" run_pretraining.py "${phase2[@]}" --train-file "$DATA_384" "${vocab[@]}" \
   --init-checkpoint "$phase1_run" --save-path "$SAVE_PATH/phase2" "$@"

@@ -5,8 +5,9 @@
 #   ./scripts/pretrain_distributed.sh --local N base|large|tiny [run_pretraining.py flags]
 #       N workers on this machine (free localhost ports), output prefixed [worker K]
 #   ./scripts/pretrain_distributed.sh --hosts host0,host1,... base|large|tiny [flags]
-#       prints phase 1's command with its TF_CONFIG for each host (run one per host, from a shared
-#       directory); phase 2 is the same with phase 2's config and --init-checkpoint PHASE1_RUN_DIR
+#       prints each phase's command with its TF_CONFIG for each host (run one per host, from a
+#       shared directory; phase 2 once phase 1 has finished): phase 2's --init-checkpoint finds
+#       phase 1's newest run directory when it starts, as pretrain.sh does
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,19 +24,13 @@ case "$mode" in
     RUNNER="python3 scripts/launch_workers.py --local $value -- python3" exec ./scripts/pretrain.sh "$@"
     ;;
   --hosts)
-    size=${1:-}
-    case "$size" in
-      base | large) config="configs/pretrain_${size}_128_phase1.json" ;;
-      tiny) config=configs/pretrain_tiny_128_lamb.json ;;
-      *)
-        echo "$usage" >&2
-        exit 64
-        ;;
-    esac
-    shift
-    exec python3 scripts/launch_workers.py --print-only "$value" -- python3 run_pretraining.py \
-      --config "$config" --train-file "${DATA_128:-data/tf_wikipedia/tokenised_128_dup5_mask20/*.tfrecord}" \
-      --save-path "${SAVE_PATH:-checkpoint}/phase1" "$@"
+    # pretrain.sh's two phases, printed instead of run; the placeholder of phase 1's run directory
+    # becomes the command that finds it (phase 1 does not exist yet)
+    newest="\"\$(ls -td $(printf %q "${SAVE_PATH:-checkpoint}")/phase1/pretraining_* | head -n 1)\""
+    RUNNER="python3 scripts/launch_workers.py --print-only $value -- python3" \
+      PHASE1_RUN=@PHASE1_RUN@ ./scripts/pretrain.sh "$@" | while IFS= read -r line; do
+      printf '%s\n' "${line//@PHASE1_RUN@/"$newest"}"
+    done
     ;;
   *)
     echo "$usage" >&2

@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import pytest
 from common import cluster
 from common.errors import UserError
 from tests.run_outputs import run_script
+from tests.test_finetuning import TINY as TINY_FINETUNING
+from tests.test_finetuning import mrpc_dir, squad_file  # noqa: F401 (fixtures)
 from tests.test_run_pretraining import STEP_LINE, _final_state, run_dirs, small_run_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,6 +197,47 @@ def test_launcher_stops_the_others_when_one_fails_and_bounds_the_run(tmp_path):
     assert status == 124
 
 
+def test_pretrain_distributed_prints_both_phases_per_host(tmp_path):
+    """--hosts: each phase's command per host with its TF_CONFIG; phase 2 (phase 2's config and
+    data) starts from phase 1's newest run directory, found when phase 2 is started."""
+    save = tmp_path / "save here"  # a path the printed commands must quote
+    env = dict(os.environ, SAVE_PATH=str(save), VOCAB=str(tmp_path / "none"))
+    script = os.path.join(ROOT, "scripts", "pretrain_distributed.sh")
+    result = subprocess.run([script, "--hosts", "h0,h1", "large", "--seed", "3"], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if line.startswith("#")] == [
+        "# phase 1", "# on h0", "# on h1", lines[5], "# on h0", "# on h1"
+    ]  # fmt: skip
+    assert lines[5].startswith("# phase 2 starts from the last checkpoint of ")
+    phases = [lines[2:5:2], lines[7:10:2]]
+    for phase, config, data in ((1, "large_128_phase1", "128"), (2, "large_384_phase2", "384")):
+        for k, line in enumerate(phases[phase - 1]):
+            words = shlex.split(line)
+            assert words[0].startswith("TF_CONFIG=")
+            assert json.loads(words[0][len("TF_CONFIG=") :]) == {
+                "cluster": {"worker": ["h0:12345", "h1:12345"]},
+                "task": {"type": "worker", "index": k},
+            }
+            assert words[1:5] == ["python3", "run_pretraining.py", "--config",
+                                  f"configs/pretrain_{config}.json"]  # fmt: skip
+            assert words[words.index("--train-file") + 1].startswith(
+                f"data/tf_wikipedia/tokenised_{data}_"
+            )
+            assert words[words.index("--save-path") + 1] == f"{save}/phase{phase}"
+            assert words[-2:] == ["--seed", "3"]
+    assert "--init-checkpoint" not in phases[0][0]
+    # phase 2's --init-checkpoint, as the shell on each host expands it, is phase 1's newest run
+    for age, name in enumerate(("pretraining_new", "pretraining_old")):
+        os.makedirs(save / "phase1" / name)
+        os.utime(save / "phase1" / name, (1e9 - age, 1e9 - age))
+    argument = phases[1][0].split("--init-checkpoint ", 1)[1].split(" --save-path")[0]
+    shown = subprocess.run(["bash", "-c", f"printf %s {argument}"], capture_output=True,
+                           text=True, timeout=10, check=True)  # fmt: skip
+    assert shown.stdout == f"{save}/phase1/pretraining_new"
+
+
 def test_cluster_from_tf_config_and_slurm():
     spec = launch_workers.tf_config(["a:1", "b:2", "c:3"], 2)
     assert cluster.current({"TF_CONFIG": spec}) == cluster.Cluster(3, 2, "TF_CONFIG")
@@ -251,3 +295,62 @@ def test_gpt2_two_workers_equal_two_replicas(tmp_path):
     for name in wa:
         np.testing.assert_allclose(wa[name], wb[name], rtol=0, atol=1e-6, err_msg=name)
     assert os.listdir(tmp_path / "worker_tmp") == []
+
+
+FINETUNING_STEP = re.compile(r"^step: (\d+), epoch: [\d.]+, lr: \S+, loss: ([\d.]+)", re.M)
+
+
+def _finetune_both_ways(tmp_path, script, args):
+    """Runs `script args` as 2 workers and as 1 process with --replicas 2, each saving under its
+    own folder of tmp_path with --output-dir out/ there; checks that both wrote the same output
+    files, byte for byte, and that the other worker left nothing. Returns (the chief's stdout,
+    the single process's stdout)."""
+    multi = _launch(tmp_path, *args, "--save-path", tmp_path / "multi", "--output-dir",
+                    tmp_path / "multi" / "out", script=script)  # fmt: skip
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    single = run_script(script, *args, "--replicas", 2, "--save-path", tmp_path / "one",
+                        "--output-dir", tmp_path / "one" / "out")  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert os.listdir(tmp_path / "worker_tmp") == []  # the other worker's run directory is gone
+    assert len(os.listdir(tmp_path / "multi")) == len(os.listdir(tmp_path / "one"))  # runs + out
+    outputs = {}
+    for way in ("multi", "one"):
+        out = tmp_path / way / "out"
+        outputs[way] = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*.*")}
+    assert outputs["multi"] == outputs["one"]
+    return _chief_lines(multi.stdout), single.stdout, sorted(outputs["one"])
+
+
+def test_glue_two_workers_equal_two_replicas(tmp_path, sample_vocab, mrpc_dir):  # noqa: F811
+    """run_classifier.py, 2 seeds: every step, the dev metrics and the test predictions of 2
+    workers equal --replicas 2; only the chief writes (the others wait for it between seeds)."""
+    args = ["--config", ROOT + "/configs/glue_tiny.json", *TINY_FINETUNING,
+            "--global-batch-size", 8, "--task-name", "mrpc", "--data-dir", mrpc_dir,
+            "--vocab-file", sample_vocab, "--num-train-steps", 3, "--num-seeds", 2, "--seed", 5,
+            "--do-training", "--do-evaluation", "--do-predict"]  # fmt: skip
+    chief, single, files = _finetune_both_ways(
+        tmp_path, os.path.join(ROOT, "run_classifier.py"), args
+    )
+    assert files == ["eval_summary.txt"] + [
+        f"seed_{s}/{name}" for s in (5, 6) for name in ("eval_results.txt", "predict_results.txt")
+    ]
+    steps = FINETUNING_STEP.findall(chief)
+    assert len(steps) == 6 and steps == FINETUNING_STEP.findall(single)
+    run_dir = sorted(glob.glob(str(tmp_path / "multi" / "GLUE_*")))[0]  # a run per seed
+    with open(os.path.join(run_dir, "arguments.json")) as f:
+        arguments = json.load(f)
+    assert arguments["gradient_accumulation_count"] == 1  # global batch 8 = 4 x 2 workers
+
+
+def test_squad_two_workers_equal_two_replicas(tmp_path, sample_vocab, squad_file):  # noqa: F811
+    """run_squad.py: training, predictions and their scores of 2 workers equal --replicas 2; only
+    the chief writes them (the other worker waits for it and leaves with it)."""
+    args = ["--config", ROOT + "/configs/squad_tiny.json", *TINY_FINETUNING,
+            "--global-batch-size", 8, "--doc-stride", 24, "--max-query-length", 16,
+            "--vocab-file", sample_vocab, "--train-file", squad_file, "--predict-file", squad_file,
+            "--num-train-steps", 3, "--tfrecord-dir", tmp_path / "cache",
+            "--do-training", "--do-predict", "--do-evaluation"]  # fmt: skip
+    chief, single, files = _finetune_both_ways(tmp_path, os.path.join(ROOT, "run_squad.py"), args)
+    assert files == ["eval_results.json", "nbest_predictions.json", "predictions.json"]
+    steps = FINETUNING_STEP.findall(chief)
+    assert len(steps) == 3 and steps == FINETUNING_STEP.findall(single)
