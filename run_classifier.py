@@ -32,7 +32,9 @@ def main(argv=None):
 
     cfg = task.cfg
     seeds = [cfg.loop.seed + k for k in range(cfg.finetune.num_seeds)]
-    strategy = training.make_strategy(cfg.loop.replicas, cfg.loop.collective_timeout)
+    strategy = training.make_strategy(
+        cfg.loop.replicas, cfg.loop.collective_timeout, task.placement
+    )
     results = []  # dev metrics of each seed; none on the other workers (the chief evaluates)
     for k, seed in enumerate(seeds):
         if len(seeds) > 1:

@@ -29,9 +29,8 @@ def main(argv=None):
 
     import training
 
-    return task.run(
-        training.make_strategy(task.cfg.loop.replicas, task.cfg.loop.collective_timeout)
-    )
+    loop = task.cfg.loop
+    return task.run(training.make_strategy(loop.replicas, loop.collective_timeout, task.placement))
 
 
 if __name__ == "__main__":

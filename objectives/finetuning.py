@@ -151,18 +151,29 @@ def tokenizer(cfg):
     return tok
 
 
-def build_model(cfg, config, head, num_outputs, seed, strategy):
+def placement(cfg, config):
+    """The run's pipeline stages (`pipeline.Placement`), or None on one device."""
+    import pipeline
+
+    return pipeline.from_bert(
+        cfg.model.pipeline_stages, cfg.model.device_mapping, config.num_hidden_layers
+    )
+
+
+def build_model(cfg, config, head, num_outputs, seed, strategy, stages=None):
     """BertModel without pretraining heads, plus the task head's variables, under `strategy`.
 
     Args:
       head: "squad" (start/end logits: [2,H] weights) or "classifier" ([num_outputs,H]).
+      stages: the `pipeline.Placement` given to `training.make_strategy`, or None.
     """
     import modeling
     import modeling_ops
     import training
 
-    xla = training.compiles_with_xla(cfg.loop, strategy)  # the grouped ops' method follows it
-    with strategy.scope():
+    # The grouped ops' method follows whether the step is compiled.
+    xla = training.compiles_with_xla(cfg.loop, strategy, stages)
+    with strategy.scope(), modeling_ops.placed(stages):
         model = modeling.BertModel(config, heads=(), seed=seed, xla=xla)
         weights, bias = HEAD_VARIABLES[head]
         size = 2 if head == "squad" else num_outputs
@@ -174,6 +185,7 @@ def build_model(cfg, config, head, num_outputs, seed, strategy):
             seed=seed,
         )
         modeling_ops.add_variable(model.params, bias, [size], "zeros")
+    model.placement = stages
     return model
 
 

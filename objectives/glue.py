@@ -75,6 +75,7 @@ class GlueTask:
         if cfg.task != "GLUE":
             raise UserError(f"task is {cfg.task!r}: run_classifier.py runs task 'GLUE'")
         self.resolved = finetuning.resolve_model(cfg)
+        self.placement = finetuning.placement(self.resolved.cfg, self.resolved.config)
         cfg = self.resolved.cfg
         tune = cfg.finetune
         self.generated = cfg.data.generated_data or cfg.data.synthetic_data
@@ -129,7 +130,13 @@ class GlueTask:
         """Train (optionally), evaluate and predict with one seed; returns the dev metrics or None."""
         cfg = self.cfg.updated(seed=seed)
         model = finetuning.build_model(
-            cfg, self.resolved.config, "classifier", self.num_outputs, seed, strategy
+            cfg,
+            self.resolved.config,
+            "classifier",
+            self.num_outputs,
+            seed,
+            strategy,
+            self.placement,
         )
         loss = make_loss(self.regression, cfg.finetune.glue_dropout_prob)
         evaluate = None

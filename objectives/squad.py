@@ -56,6 +56,7 @@ class SquadTask:
         if wants_predictions and not self.generated and not tune.predict_file:
             raise UserError("--do-predict/--do-evaluation need --predict-file (a SQuAD JSON file)")
         self.resolved = finetuning.resolve_model(cfg)
+        self.placement = finetuning.placement(self.resolved.cfg, self.resolved.config)
         cfg = self.resolved.cfg
         # Read (and check) the data before spending time on the model.
         self.train_arrays = None
@@ -109,7 +110,7 @@ class SquadTask:
         """Train and/or load, then predict and evaluate as the phases ask; returns 0."""
         cfg = self.cfg
         model = finetuning.build_model(
-            cfg, self.resolved.config, "squad", 2, cfg.loop.seed, strategy
+            cfg, self.resolved.config, "squad", 2, cfg.loop.seed, strategy, self.placement
         )
         run_dir = finetuning.train_or_load(
             cfg, self.resolved, strategy, model, "squad", squad_loss, self.train_arrays

@@ -16,6 +16,7 @@ import pytest
 import pipeline
 from common.errors import UserError
 from tests.run_outputs import run_script
+from tests.test_finetuning import squad_file  # noqa: F401 (fixture)
 from tests.test_run_pretraining import STEP_LINE, _final_state, run_dirs, small_run_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -199,3 +200,31 @@ def test_cli_refuses_pipeline_with_replicas(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "do not combine with --replicas 2" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_pipelined_squad_equals_the_single_device_run(tmp_path, sample_vocab, squad_file):  # noqa: F811
+    """run_squad.py with the embeddings, the (one) layer and the span head on 3 devices: the same
+    step losses (1e-5) and the same predictions as on one device."""
+    from tests.test_finetuning import TINY as TINY_FINETUNING
+
+    args = ["--config", os.path.join(ROOT, "configs", "squad_tiny.json"), *TINY_FINETUNING,
+            "--global-batch-size", 8, "--micro-batch-size", 4, "--doc-stride", 24,
+            "--max-query-length", 16, "--vocab-file", sample_vocab, "--train-file", squad_file,
+            "--predict-file", squad_file, "--num-train-steps", 3, "--steps-per-logs", 1,
+            "--tfrecord-dir", tmp_path / "cache", "--do-training", "--do-predict",
+            "--do-evaluation"]  # fmt: skip
+    stages = ["--pipeline-stages", '[["emb","pos"],["hid"],["loc"]]']
+    runs = {}
+    for name, extra in [("one", []), ("three", [*stages, "--device-mapping", "[0,1,2]"])]:
+        out = tmp_path / name / "out"
+        result = run_script(os.path.join(ROOT, "run_squad.py"), *args, *extra,
+                            "--save-path", tmp_path / name, "--output-dir", out)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        losses = re.findall(r"^step: \d+, .*?, loss: ([\d.]+)", result.stdout, re.M)
+        with open(out / "predictions.json") as f:
+            runs[name] = (np.array(losses, float), f.read())
+        if extra:
+            assert "pipeline: 3 stages on 3 devices" in result.stdout
+    assert len(runs["one"][0]) == 3
+    np.testing.assert_allclose(runs["three"][0], runs["one"][0], rtol=1e-5)
+    assert runs["three"][1] == runs["one"][1]
