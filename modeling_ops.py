@@ -57,31 +57,35 @@ _PLACEMENT = threading.local()  # .current: the active pipeline.Placement (see `
 
 
 @contextlib.contextmanager
-def placed(placement):
-    """While active (in this thread), `stage` scopes and `add_variable` follow `placement` (a
-    `pipeline.Placement` with device names; None: no placement, everything as usual)."""
-    before = getattr(_PLACEMENT, "current", None)
-    _PLACEMENT.current = placement
+def _thread_setting(holder, name, value):
+    """Set `holder.name` (a threading.local) to value for the duration of the block."""
+    before = getattr(holder, name, None)
+    setattr(holder, name, value)
     try:
         yield
     finally:
-        _PLACEMENT.current = before
+        setattr(holder, name, before)
+
+
+def placed(placement):
+    """While active (in this thread), `stage` scopes and `add_variable` follow `placement` (a
+    `pipeline.Placement` with device names; None: no placement, everything as usual)."""
+    return _thread_setting(_PLACEMENT, "current", placement)
+
+
+def _placement_device(device_of):
+    placement = getattr(_PLACEMENT, "current", None)
+    return contextlib.nullcontext() if placement is None else tf.device(device_of(placement))
 
 
 def stage(kind, layer=None):
     """Device scope of one part of the model ("emb", "hid" with its layer index, "mlm", "cls")
     under the active placement; a no-op without one."""
-    placement = getattr(_PLACEMENT, "current", None)
-    if placement is None:
-        return contextlib.nullcontext()
-    return tf.device(placement.device(kind, layer))
+    return _placement_device(lambda p: p.device(kind, layer))
 
 
 def _variable_scope(name):
-    placement = getattr(_PLACEMENT, "current", None)
-    if placement is None:
-        return contextlib.nullcontext()
-    return tf.device(placement.variable_device(name))
+    return _placement_device(lambda p: p.variable_device(name))
 
 
 # ----------------------------------------------------------------------------- variables
@@ -218,7 +222,6 @@ def lookup(table, ids):
 _PLAIN = threading.local()  # .active: trace the kernels as plain ops (see `plain_kernels`)
 
 
-@contextlib.contextmanager
 def plain_kernels():
     """While active (in this thread), `xla_kernel` functions are traced as ordinary TensorFlow ops.
 
@@ -226,12 +229,7 @@ def plain_kernels():
     leaves XLA:CPU off by default and then refuses functions marked jit_compile). Same values up
     to float rounding; only forward passes are meant to be traced this way.
     """
-    before = getattr(_PLAIN, "active", False)
-    _PLAIN.active = True
-    try:
-        yield
-    finally:
-        _PLAIN.active = before
+    return _thread_setting(_PLAIN, "active", True)
 
 
 def xla_kernel(fn):
