@@ -105,8 +105,22 @@ class Optimizer:
         self.params = OrderedDict(params)
         self.train_names = [n for n, v in self.params.items() if v.trainable]
         self.clip_norm = clip_norm
+        # Pipeline stages put variables on several devices: then each variable's slots and update
+        # stay on its device. (Under a tf.distribute strategy, variables are its own.)
+        devices = {v.device for v in self.params.values() if isinstance(v, tf.Variable)}
+        self._spread = len(devices) > 1 and not tf.distribute.has_strategy()
         self.slots = OrderedDict()
         self._create_slots()
+
+    def _on_device(self, var):
+        return tf.device(var.device) if self._spread else contextlib.nullcontext()
+
+    def _per_variable(self, grads):
+        """(name, gradient, variable) of each update, run on the variable's device."""
+        for name, g in grads.items():
+            var = self.params[name]
+            with self._on_device(var):
+                yield name, g, var
 
     def _create_slots(self):
         """Subclasses create their state here with `_add_slot`."""
@@ -114,14 +128,8 @@ class Optimizer:
     def _add_slot(self, name, shape, dtype=tf.float32, initial=0):
         if name in self.slots:
             raise ValueError(f"optimizer slot {name} created twice")
-        # A variable's slots sit on its device (pipeline stages place variables on several).
         owner = self.params.get(name.rsplit("/", 1)[0])
-        on_device = (
-            tf.device(owner.device)
-            if isinstance(owner, tf.Variable) and not tf.distribute.has_strategy()
-            else contextlib.nullcontext()
-        )
-        with on_device:
+        with self._on_device(owner) if owner is not None else contextlib.nullcontext():
             self.slots[name] = tf.Variable(
                 tf.fill(tf.TensorShape(shape).as_list(), tf.constant(initial, dtype)),
                 name=name,
@@ -188,8 +196,7 @@ class SGD(Optimizer):
     name = "sgd"
 
     def _update(self, grads, lr, grad_norm):
-        for name, g in grads.items():
-            var = self.params[name]
+        for _, g, var in self._per_variable(grads):
             var.assign_sub(tf.cast(lr * g, var.dtype))
 
 
@@ -216,8 +223,8 @@ class Momentum(Optimizer):
         return 1.0, self.momentum
 
     def _update(self, grads, lr, grad_norm):
-        for name, g in grads.items():
-            var, accum = self.params[name], self.slots[f"{name}/Momentum"]
+        for name, g, var in self._per_variable(grads):
+            accum = self.slots[f"{name}/Momentum"]
             lr_factor, momentum = self._factors(name)
             new_accum = momentum * accum + g
             accum.assign(new_accum)
@@ -280,8 +287,8 @@ class Adam(Optimizer):
         b1, b2 = self.beta1, self.beta2
         b1_power, b2_power = self.beta1_power.read_value(), self.beta2_power.read_value()
         lr_t = lr * tf.sqrt(1.0 - b2_power) / (1.0 - b1_power)
-        for name, g in grads.items():
-            var, m, v = self.params[name], self.slots[f"{name}/Adam"], self.slots[f"{name}/Adam_1"]
+        for name, g, var in self._per_variable(grads):
+            m, v = self.slots[f"{name}/Adam"], self.slots[f"{name}/Adam_1"]
             new_m = b1 * m + (1.0 - b1) * g
             new_v = b2 * v + (1.0 - b2) * tf.square(g)
             m.assign(new_m)
@@ -339,8 +346,7 @@ class AdamW(Optimizer):
         if self.counter is not None:
             t = self._step_value(self.counter) + 1.0
             correction = tf.sqrt(1.0 - tf.pow(b2, t)) / (1.0 - tf.pow(b1, t))
-        for name, g in grads.items():
-            var = self.params[name]
+        for name, g, var in self._per_variable(grads):
             m, v = self.slots[f"{name}/adam_m"], self.slots[f"{name}/adam_v"]
             new_m = b1 * m + (1.0 - b1) * g
             new_v = b2 * v + (1.0 - b2) * tf.square(g)
@@ -425,8 +431,7 @@ class Lamb(Optimizer):
         if self.use_debiasing:
             t = self._step_value(self.counter)
             m_correction, v_correction = 1.0 - tf.pow(b1, t), 1.0 - tf.pow(b2, t)
-        for name, g in grads.items():
-            var = self.params[name]
+        for name, g, var in self._per_variable(grads):
             m, v = self.slots[f"{name}/lamb_m"], self.slots[f"{name}/lamb_v"]
             if self.use_nvlamb:
                 g = g * grad_scale

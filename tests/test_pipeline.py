@@ -68,13 +68,17 @@ for name, slot in trainer.optimizer.slots.items():
     print("slot", name, slot.device[-5:])
 spec = [task.dataset().element_spec]
 graph = trainer.step_function().get_concrete_function(spec).graph
-for op in graph.get_operations():
-    if op.type in ("MatMul", "BatchMatMulV2"):
-        print("op", op.name, op.device[-5:])
+graph_def = graph.as_graph_def()  # the step's ops, and those of its nested functions (tf.cond)
+nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+for i, node in enumerate(nodes):
+    if node.op in ("MatMul", "BatchMatMulV2"):
+        print("op", f"{i}-{node.name}", node.device[-5:])
+    if node.op == "Sqrt":  # LAMB's update of each variable, in the step's tf.cond
+        print("update", f"{i}-{node.name}", node.device[-5:])
 """
 
 
-def test_variables_slots_and_matmuls_sit_on_their_stage_device(tmp_path):
+def test_variables_slots_matmuls_and_updates_sit_on_their_stage_device(tmp_path):
     script = tmp_path / "check.py"
     script.write_text(PLACEMENT_CHECK)
     args = small_run_args(tmp_path / "out", "--generated-data", "--device-mapping", "[0,1,2]")
@@ -85,7 +89,7 @@ def test_variables_slots_and_matmuls_sit_on_their_stage_device(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split() for line in result.stdout.splitlines()]
-    rows = [row for row in rows if len(row) == 3 and row[0] in ("var", "slot", "op")]
+    rows = [row for row in rows if len(row) == 3 and row[0] in ("var", "slot", "op", "update")]
     where = {(kind, name): dev for kind, name, dev in rows}
 
     def expected(name):
@@ -104,8 +108,9 @@ def test_variables_slots_and_matmuls_sit_on_their_stage_device(tmp_path):
     for name in slots:
         assert where[("slot", name)] == expected(name.rsplit("/", 1)[0]), name
     # Forward and backward matmuls of the step, on every stage's device (none unplaced).
-    devices = [dev for (kind, _), dev in where.items() if kind == "op"]
-    assert devices and set(devices) == {"CPU:0", "CPU:1", "CPU:2"}, sorted(set(devices))
+    for what in ("op", "update"):
+        devices = [dev for (kind, _), dev in where.items() if kind == what]
+        assert set(devices) == {"CPU:0", "CPU:1", "CPU:2"}, (what, sorted(set(devices)))
 
 
 def test_pipelined_gpt2_equals_the_single_device_run(tmp_path):
