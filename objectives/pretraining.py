@@ -246,7 +246,7 @@ class PretrainingTask:
                 if per_pack != self.pipe.sequences_per_pack:
                     raise UserError(
                         f"eval_file {self.eval_files[0]} holds "
-                        f"{_describe_packing(per_pack)} but the training data "
+                        f"{_describe_packing(per_pack)} but the training data holds "
                         f"{_describe_packing(self.pipe.sequences_per_pack)}: make both alike"
                     )
             fingerprint.check(self.eval_files, self.fingerprint_settings)

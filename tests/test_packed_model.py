@@ -14,6 +14,7 @@ import tensorflow as tf
 
 import modeling
 from bert_data import packing
+from bert_data.records import parse_example, read_records, unpack
 from common.errors import UserError
 from objectives.pretraining import pretraining_loss, real_tokens
 from tests import test_modeling
@@ -184,8 +185,14 @@ def test_run_pretraining_trains_on_packed_records(
         stamp = json.load(f)
     assert stamp["layout"] == "packed_sequences" and stamp["max_sequences_per_pack"] == 3
     vocab = ["--vocab-file", sample_vocab]
-    packed, out = _train(tmp_path / "p", capsys, "--train-file", packed_records, *vocab)
+    data = ["--train-file", packed_records, "--eval-file", packed_records]
+    packed, out = _train(tmp_path / "p", capsys, *data, *vocab, "--steps-per-eval", "100")
     assert "max_sequences_per_pack" not in out  # read from the records, not a setting
+    # Held-out evaluation counts the real sequences of the rows.
+    sequences = sum(len(unpack(parse_example(r))) for r in read_records(packed_records))
+    assert re.search(rf"^eval at step 99 \({sequences} sequences\): mlm_loss", out, re.M), out[
+        -500:
+    ]
     unpacked, _ = _train(tmp_path / "u", capsys, "--train-file", sample_records["standard"], *vocab)
     for curve in (packed, unpacked):
         assert np.isfinite(curve).all()
@@ -198,6 +205,10 @@ def test_run_pretraining_trains_on_packed_records(
     bad = local(capsys, *small_run_args(tmp_path / "g", "--static-mask", "false", *flags))
     assert bad.returncode == 2
     assert "GroupBERT cannot keep apart" in bad.stderr.strip().splitlines()[-1]
+    flags = ["--train-file", sample_records["standard"], "--eval-file", packed_records]
+    bad = local(capsys, *small_run_args(tmp_path / "e", "--static-mask", "false", *flags))
+    assert bad.returncode == 2
+    assert "but the training data holds unpacked sequences" in bad.stderr.strip().splitlines()[-1]
 
 
 def test_packed_data_with_static_mask_is_one_line(packed_records):
