@@ -89,6 +89,10 @@ class BertModel(tf.Module):
         The full "sequence_output" is a separate branch: a traced function that does not use it
         never computes it.
 
+        Packed features (`sequence_ids` present, see `is_packed`): the heads read the K·P
+        masked slots and the K [CLS] rows at `cls_positions`, so "pooled_output" is [B,K,H] and
+        "nsp_logits" [B,K,2].
+
         Returns:
           dict with "sequence_output" [B,S,H] and "pooled_output" [B,H] (compute dtype), plus
           "mlm_logits" [B,P,V] and/or "nsp_logits" [B,2] (float32).
@@ -106,11 +110,20 @@ class BertModel(tf.Module):
         sequence_output = last_layer()
         if not self.heads:
             with ops.stage("cls"):
-                pooled = _pooler(self.params, sequence_output[:, _cls_slot(c)])
+                pooled = _pooler(self.params, _cls_output(c, features, sequence_output))
             return {"sequence_output": sequence_output, "pooled_output": pooled}
+        packed = is_packed(features)
         num_masked = c.max_predictions_per_seq
         if c.static_mask:
             rows = num_masked + 1  # the masked slots, then [CLS]
+        elif packed:
+            cls = tf.cast(features["cls_positions"], tf.int32)  # [B,K]
+            if "mlm" in self.heads:
+                positions = tf.cast(features["masked_lm_positions"], tf.int32)  # [B,K*P]
+                num_masked = ops.dim(positions, 1)
+                rows = tf.concat([positions, cls], axis=1)  # [B,K*P+K]: then the K [CLS]
+            else:
+                rows, num_masked = cls, 0
         elif "mlm" in self.heads:
             positions = tf.cast(features["masked_lm_positions"], tf.int32)  # [B,P]
             num_masked = ops.dim(positions, 1)
@@ -119,7 +132,9 @@ class BertModel(tf.Module):
             rows, num_masked = 1, 0
         head_input = last_layer(rows)  # [B,R,H]
         with ops.stage("cls"):
-            pooled = _pooler(self.params, head_input[:, num_masked])
+            # Packed: the K [CLS] rows [B,K,H]; else the one [CLS] [B,H].
+            cls_rows = head_input[:, num_masked:] if packed else head_input[:, num_masked]
+            pooled = _pooler(self.params, cls_rows)
         outputs = {"sequence_output": sequence_output, "pooled_output": pooled}
         if "mlm" in self.heads:
             with ops.stage("mlm"):
@@ -205,16 +220,31 @@ def embeddings(
     )
 
 
+def is_packed(features):
+    """Whether `features` hold packed sequences (bert_data/records.py, "packed layout")."""
+    return "sequence_ids" in features
+
+
 def attention_mask(config, features, dtype=tf.float32):
     """Additive attention mask (1 - visible) * -1000 over keys, or None when every key is visible.
 
     Standard layout: visible = features["input_mask"] (None when the key is absent). Static-mask
     layout: slot j is visible if (j < mask_padding_index or j >= max_predictions_per_seq) and
-    j < seq_padding_index.
+    j < seq_padding_index. Packed layout (`is_packed`): block-diagonal, key j is visible from
+    query i when sequence_ids[i] == sequence_ids[j] != 0; a padding query sees no key, and the
+    additive mask (not -inf) gives it a uniform softmax instead of NaN (its output is unused).
+    A masked key's weight is exp(-1000 + ...) = 0 exactly in float32 and float64, so a sequence
+    gets the attention it gets alone in a row.
 
     Returns:
-      `dtype` [B,1,1,S] (broadcasts over heads and queries), or None.
+      `dtype` [B,1,1,S] (broadcasts over heads and queries), [B,1,S,S] when packed, or None.
     """
+    if is_packed(features):
+        ids = tf.cast(features["sequence_ids"], tf.int32)  # [B,S]
+        same = tf.equal(ids[:, :, tf.newaxis], ids[:, tf.newaxis, :])  # [B,S,S] query, key
+        visible = same & (ids[:, tf.newaxis, :] > 0)  # [B,S,S]
+        hidden = 1.0 - tf.cast(visible, dtype)
+        return (hidden * ATTENTION_MASK_VALUE)[:, tf.newaxis]  # [B,1,S,S]
     if config.static_mask:
         seq_length = ops.dim(features["input_ids"], 1)
         slot = tf.range(seq_length)[tf.newaxis, :]  # [1,S]
@@ -236,7 +266,7 @@ def encoder_layer(
 
     Args:
       x: [B,S,H] in the compute dtype (which the layer computes in).
-      mask: additive float [B,1,1,S] from `attention_mask`, or None.
+      mask: additive float [B,1,1,S] or [B,1,S,S] (packed) from `attention_mask`, or None.
       rows: None for every slot, or the slots whose outputs are wanted: an int R (the first R
         slots) or int32 [B,R]. Keys and values still come from all S slots, and dropout masks
         are the ones the full layer would draw at those rows, so the result equals those rows
@@ -259,11 +289,16 @@ def encoder_layer(
         )
         xq2d, num_rows = x2d, seq_length
     else:
+        per_query = mask is not None and mask.shape[2] != 1  # packed: a mask row per query
         if isinstance(rows, int):
             xq = x[:, :rows]  # [B,R,H]
+            if per_query:
+                mask = mask[:, :, :rows]  # [B,1,R,S]
             num_rows, rows = rows, tf.range(rows)[tf.newaxis, :]  # [1,R]
         else:
             xq = tf.gather(x, rows, batch_dims=1)  # [B,R,H]
+            if per_query:
+                mask = tf.gather(mask[:, 0], rows, batch_dims=1)[:, tf.newaxis]  # [B,1,R,S]
             num_rows = ops.dim(rows, 1)
         xq2d = tf.reshape(xq, [-1, hidden])  # [B*R,H]
         (query,) = ops.split_heads(
@@ -408,7 +443,12 @@ def _encode(params, config, features, training, dropout_seed, compute_dtype, xla
         if dropout_seed is None:
             raise ValueError("bert_encoder: training with dropout needs a dropout_seed")
         dropout_seed = tf.convert_to_tensor(dropout_seed)
-    positions = features["input_position"] if config.static_mask else None
+    if config.static_mask:
+        positions = features["input_position"]
+    elif is_packed(features):
+        positions = tf.cast(features["positions"], tf.int32)  # [B,S], 0 at each [CLS]
+    else:
+        positions = None
     with ops.stage("emb"):
         x = embeddings(
             params,
@@ -430,9 +470,25 @@ def _cls_slot(config):
     return config.max_predictions_per_seq if config.static_mask else 0
 
 
+def _cls_output(config, features, sequence_output):
+    """The [CLS] rows of sequence_output [B,S,H]: [B,H], or [B,K,H] at cls_positions (packed)."""
+    if is_packed(features):
+        cls = tf.cast(features["cls_positions"], tf.int32)  # [B,K]
+        return tf.gather(sequence_output, cls, batch_dims=1)  # [B,K,H]
+    return sequence_output[:, _cls_slot(config)]  # [B,H]
+
+
+def _per_row(fn, x):
+    """fn over [N,H] applied to x [B,H] as is, or to x [B,K,H] row by row (packed [CLS])."""
+    if x.shape.rank == 2:
+        return fn(x)
+    y = fn(tf.reshape(x, [-1, ops.dim(x, 2)]))  # [B*K,H] -> [B*K,O]
+    return tf.reshape(y, tf.concat([tf.shape(x)[:2], tf.shape(y)[1:]], 0))  # [B,K,O]
+
+
 def _pooler(params, cls):
-    """cls [B,H] -> tanh(dense) [B,H]."""
-    return tf.tanh(ops.dense(params, "bert/pooler/dense", cls))
+    """cls [B,H] (or [B,K,H] packed) -> tanh(dense), same shape."""
+    return _per_row(lambda c: tf.tanh(ops.dense(params, "bert/pooler/dense", c)), cls)
 
 
 def bert_encoder(
@@ -453,12 +509,13 @@ def bert_encoder(
       xla: Python bool, whether the calling function is XLA-compiled (see `BertModel`).
     Returns:
       (sequence_output [B,S,H], pooled_output [B,H]), both in compute_dtype. The pooler reads slot 0,
-      or slot max_predictions_per_seq (where [CLS] sits) in the static-mask layout.
+      or slot max_predictions_per_seq (where [CLS] sits) in the static-mask layout; packed
+      features (sequence_ids, positions, cls_positions [B,K]) give pooled_output [B,K,H].
     """
     _, last_layer = _encode(params, config, features, training, dropout_seed, compute_dtype, xla)
     x = last_layer()
     with ops.stage("cls"):
-        return x, _pooler(params, x[:, _cls_slot(config)])
+        return x, _pooler(params, _cls_output(config, features, x))
 
 
 def bert_pooled_output(
@@ -497,11 +554,16 @@ def _mlm_logits(params, config, masked):
 
 
 def _nsp_logits(params, pooled):
-    """pooled [B,H] (compute dtype) -> float32 [B,2] (float64 in float64 runs)."""
-    weights = ops.weight(params, "cls/seq_relationship/output_weights", pooled.dtype)  # [2,H]
-    logits = tf.matmul(pooled, weights, transpose_b=True)  # [B,2]
-    logits += ops.weight(params, "cls/seq_relationship/output_bias", pooled.dtype)
-    return tf.cast(logits, ops.float_dtype(pooled.dtype))
+    """pooled [B,H] (or [B,K,H] packed; compute dtype) -> float32 [B,2] (or [B,K,2]; float64
+    in float64 runs)."""
+
+    def logits(x):
+        weights = ops.weight(params, "cls/seq_relationship/output_weights", x.dtype)  # [2,H]
+        y = tf.matmul(x, weights, transpose_b=True)  # [N,2]
+        y += ops.weight(params, "cls/seq_relationship/output_bias", x.dtype)
+        return tf.cast(y, ops.float_dtype(x.dtype))
+
+    return _per_row(logits, pooled)
 
 
 def pretraining_heads(

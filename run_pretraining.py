@@ -5,7 +5,8 @@
 
 Every config key is also a flag (kebab case); an explicit flag beats the config, which beats the
 default. Data: TFRecords from bert_data/create_pretraining_data.py (`--train-file`, comma-separated
-globs; the remask layout when the config has static_mask), or `--generated-data`.
+globs; the remask layout when the config has static_mask; packed rows from `--packing` are
+recognised from the records, see README "Packed data"), or `--generated-data`.
 
 model_type roberta (configs/pretrain_roberta_*.json): masked LM only, no NSP head, on packed
 byte-level BPE ids from bert_data/create_mlm_data.py, masked anew every epoch in the input pipeline

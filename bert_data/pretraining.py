@@ -1,7 +1,8 @@
 """tf.data input for pretraining: TFRecords in either layout, or generated data.
 
 Every element is one optimizer step's worth of data: a dict of tensors shaped
-[gradient_accumulation_count, micro_batch_size, ...] (int32, except `masked_lm_weights` float32), with the
+[gradient_accumulation_count, micro_batch_size, ...] (int32, except the float32 `masked_lm_weights` and, packed,
+`next_sentence_weights`), with the
 names `modeling.py` expects. The order is a pure function of the files and the seed (deterministic
 interleave and shuffle), and the iterator can be saved in a checkpoint, so a resumed run reads exactly the
 records the uninterrupted run would have read, without re-reading the ones already consumed.
@@ -28,6 +29,10 @@ class Pipeline:
     Attributes:
       seq_length, max_predictions_per_seq, static_mask: the records' layout (checked by
         `check_files`).
+      sequences_per_pack: K of packed records (`create_pretraining_data.py --packing`; found by
+        `check_files`), 0 for unpacked ones. Packed elements are rows of up to K sequences
+        with the features of records.py's packed layout (masked_lm_* [K*P], next_sentence_*
+        and cls_positions [K]; masked_lm_sequence_ids is not read).
       micro_batch_size, gradient_accumulation_count: elements are [GA, micro_batch, ...].
       parallel_io_threads: files read and parsed in parallel.
       sloppy_parallel_interleave: allow a non-deterministic interleave (no exact resume).
@@ -38,6 +43,7 @@ class Pipeline:
     seq_length: int
     max_predictions_per_seq: int = 20
     static_mask: bool = False
+    sequences_per_pack: int = 0
     micro_batch_size: int = 1
     gradient_accumulation_count: int = 1
     parallel_io_threads: int = 4
@@ -85,19 +91,21 @@ def check_files(
     """Checks the data against the config before any graph is built (USER_NEEDS #6, #33).
 
     Reads the first records of the first file with the pure-Python parser: layout (remask iff
-    static_mask), sequence length, mask count, and token ids below vocab_size.
+    static_mask; packed rows are read by the standard model), sequence length, mask count per
+    sequence, and token ids below vocab_size.
 
     Returns:
-      Estimated number of records in all files (from the mean record size).
+      (estimated number of records in all files (from the mean record size), sequences per
+      pack K of packed records or 0).
     """
     path = files[0]
     head = read_head(path, sample, skip_damage)
     ex = parse_example(head[0])
-    if records.is_packed(ex):
-        # The packed layout (records.py) needs a model that keeps the sequences of a row apart.
+    per_pack = len(ex["next_sentence_weights"]) if records.is_packed(ex) else 0
+    if per_pack and static_mask:
         raise UserError(
-            f"{path} holds packed sequences (create_pretraining_data.py --packing), which "
-            "training does not read yet: make the data without --packing"
+            f"{path} holds packed sequences (create_pretraining_data.py --packing) but "
+            "static_mask is True: set static_mask false"
         )
     remask = "input_position" in ex
     if "input_ids" not in ex or (not remask and "input_mask" not in ex):
@@ -110,7 +118,7 @@ def check_files(
         raise UserError(
             f"{path} has sequence length {len(ex['input_ids'])} but seq_length is {seq_length}"
         )
-    masks = len(ex["masked_labels" if remask else "masked_lm_ids"])
+    masks = len(ex["masked_labels" if remask else "masked_lm_ids"]) // max(per_pack, 1)
     if masks != max_predictions:
         raise UserError(
             f"{path} was made with --mask-tokens {masks} but max_predictions_per_seq is "
@@ -122,24 +130,43 @@ def check_files(
             f"{path} has token id {top} >= vocab_size {vocab_size}: data made with another vocab?"
         )
     mean_size = sum(len(r) + 16 for r in head) / len(head)
-    return int(sum(os.path.getsize(f) for f in files) / mean_size)
+    return int(sum(os.path.getsize(f) for f in files) / mean_size), per_pack
 
 
-def _to_model_features(parsed, static_mask):
+_PACKED_EXTRA = ("sequence_ids", "positions", "cls_positions")  # the packed model's int inputs
+
+
+def _parser(pipe):
+    """Serialised records [N] -> the model's features (int32; weights float32) for `pipe`'s
+    layout."""
     import tensorflow as tf
 
+    static, per_pack = pipe.static_mask, pipe.sequences_per_pack
+    spec = records.parse_spec(pipe.seq_length, pipe.max_predictions_per_seq, static, per_pack)
+    # Not needed by the model: the remask layout's variable-length masked_lm_positions, and
+    # which sequence each packed prediction belongs to.
+    spec.pop("masked_lm_positions" if static else "masked_lm_sequence_ids", None)
     names = (
         ("input_ids", "input_position", "segment_ids", "mask_padding_index", "seq_padding_index")
-        if static_mask
+        if static
         else ("input_ids", "input_mask", "segment_ids", "masked_lm_positions")
     )
-    out = {name: tf.cast(parsed[name], tf.int32) for name in names}
-    out["masked_lm_ids"] = tf.cast(
-        parsed["masked_labels" if static_mask else "masked_lm_ids"], tf.int32
-    )
-    out["masked_lm_weights"] = tf.cast(parsed["masked_lm_weights"], tf.float32)
-    out["next_sentence_labels"] = tf.cast(parsed["next_sentence_labels"], tf.int32)
-    return out
+    if per_pack:
+        names += _PACKED_EXTRA
+
+    def parse(serialised):
+        parsed = tf.io.parse_example(serialised, spec)
+        out = {name: tf.cast(parsed[name], tf.int32) for name in names}
+        out["masked_lm_ids"] = tf.cast(
+            parsed["masked_labels" if static else "masked_lm_ids"], tf.int32
+        )
+        out["masked_lm_weights"] = tf.cast(parsed["masked_lm_weights"], tf.float32)
+        out["next_sentence_labels"] = tf.cast(parsed["next_sentence_labels"], tf.int32)
+        if per_pack:
+            out["next_sentence_weights"] = tf.cast(parsed["next_sentence_weights"], tf.float32)
+        return out
+
+    return parse
 
 
 def tfrecord_dataset(files, pipe, seed, shard=(1, 0)):
@@ -151,15 +178,7 @@ def tfrecord_dataset(files, pipe, seed, shard=(1, 0)):
       seed: data-order seed.
       shard: (number of input pipelines, this pipeline's index) for multi-worker training.
     """
-    import tensorflow as tf
-
-    seq, P, static = pipe.seq_length, pipe.max_predictions_per_seq, pipe.static_mask
-    spec = records.parse_spec(seq, P, static)
-    if static:
-        # masked_lm_positions is variable-length in this layout and not needed by the model.
-        spec.pop("masked_lm_positions")
-    ds = shuffled_records(files, pipe, seed, shard)
-    return batch_steps(ds, pipe, lambda r: _to_model_features(tf.io.parse_example(r, spec), static))
+    return batch_steps(shuffled_records(files, pipe, seed, shard), pipe, _parser(pipe))
 
 
 def shuffled_records(files, pipe, seed, shard=(1, 0)):
@@ -230,10 +249,5 @@ def eval_dataset(files, pipe):
     """One ordered pass over `files` in micro-batches [B, ...] (the last one may be smaller)."""
     import tensorflow as tf
 
-    seq, P, static = pipe.seq_length, pipe.max_predictions_per_seq, pipe.static_mask
-    spec = records.parse_spec(seq, P, static)
-    if static:
-        spec.pop("masked_lm_positions")
     ds = tfrecords.records(files, pipe.damage).batch(pipe.micro_batch_size)
-    parse = lambda r: _to_model_features(tf.io.parse_example(r, spec), static)  # noqa: E731
-    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    return ds.map(_parser(pipe), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)

@@ -31,10 +31,20 @@ def pretraining_loss(outputs, features, compute_acc=True, sums=False):
     mlm_acc = sum(w * [argmax == label]) / sum(w) (0 when sum(w) is 0); nsp_acc = mean match;
     loss = mlm_loss + nsp_loss.
 
+    Packed rows (bert_data/records.py) give the loss of the same sequences unpacked: the MLM
+    loss is one sum over every real prediction of the micro-batch divided by their count (not a
+    mean of per-sequence means), which does not depend on how the predictions are spread over
+    rows; NSP is the mean over the real sequences, weighted by next_sentence_weights [B,K] (the
+    NSP logits are then [B,K,2]). So a packed micro-batch and the unpacked micro-batch of the
+    same sequences have equal losses and accuracies (up to summation order; tests/
+    test_packed_model.py). Across micro-batches and replicas the loop averages these means as
+    it does unpacked.
+
     Args:
       outputs: dict with "mlm_logits" [B,P,V] and/or "nsp_logits" [B,2] (float32, or float64).
       features: masked_lm_ids int32 [B,P], masked_lm_weights float [B,P], next_sentence_labels
-        int32 [B,1] or [B].
+        int32 [B,1] or [B]; packed: P = K·P slots, next_sentence_labels int32 [B,K] and
+        next_sentence_weights float [B,K].
       compute_acc: False (the option disable_acc) skips the argmax; accuracies are NaN.
       sums: also return the per-batch sums of `SUMS` (evaluation accumulates them over a data set).
     Returns:
@@ -65,24 +75,42 @@ def pretraining_loss(outputs, features, compute_acc=True, sums=False):
             )
         total.append(result["mlm_loss"])
     if "nsp_logits" in outputs:
-        logits = outputs["nsp_logits"]
-        labels = tf.reshape(tf.cast(features["next_sentence_labels"], tf.int32), [-1])  # [B]
+        logits = outputs["nsp_logits"]  # [B,2], or [B,K,2] packed
+        labels = tf.cast(features["next_sentence_labels"], tf.int32)
+        labels = tf.reshape(labels, tf.shape(logits)[:-1])  # [B] (or [B,K])
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        result["nsp_loss"] = tf.reduce_mean(ce)
-        match = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
+        match = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), ce.dtype)
+        weights = features.get("next_sentence_weights")  # packed: 1.0 for the real sequences
+        if weights is not None:
+            weights = tf.cast(weights, ce.dtype)
+            ce, match = weights * ce, weights * match
+            sequences = tf.reduce_sum(weights)
+        else:
+            sequences = tf.cast(tf.size(ce), ce.dtype)
+        result["nsp_loss"] = _mean(ce, weights, sequences)
         if compute_acc:
-            result["nsp_acc"] = tf.reduce_mean(tf.cast(match, logits.dtype))
+            result["nsp_acc"] = _mean(match, weights, sequences)
         else:
             result["nsp_acc"] = tf.constant(nan, logits.dtype)
         if sums:
-            hits = tf.reduce_sum(tf.cast(match, logits.dtype))
-            result.update(nsp_ce_sum=tf.reduce_sum(ce), nsp_hit_sum=hits)
+            hits = tf.reduce_sum(match)
+            result.update(nsp_ce_sum=tf.reduce_sum(ce), nsp_hit_sum=hits, sequences=sequences)
         total.append(result["nsp_loss"])
-    if sums:
+    if sums and "sequences" not in result:
         batch = tf.shape(features["masked_lm_ids"])[0]
         result["sequences"] = tf.cast(batch, result["mlm_loss"].dtype)
     result["loss"] = tf.add_n(total)
     return result
+
+
+def _mean(values, weights, count):
+    """reduce_mean(values) unpacked (as the reference); packed, values (already weighted)
+    summed over `count` real sequences."""
+    import tensorflow as tf
+
+    if weights is None:
+        return tf.reduce_mean(values)
+    return tf.math.divide_no_nan(tf.reduce_sum(values), count)
 
 
 def real_tokens(features, static_mask, max_predictions):
@@ -93,6 +121,10 @@ def real_tokens(features, static_mask, max_predictions):
         filled = features["seq_padding_index"] - max_predictions + features["mask_padding_index"]
         return tf.reduce_sum(filled)
     return tf.reduce_sum(features["input_mask"])
+
+
+def _describe_packing(per_pack):
+    return f"packed rows of up to {per_pack} sequences" if per_pack else "unpacked sequences"
 
 
 def roberta_masking(cfg):
@@ -194,9 +226,11 @@ class PretrainingTask:
                         f"{self.files[0]} holds packed ids from create_mlm_data.py: set "
                         "model_type roberta"
                     )
-                self.num_samples = pretraining.check_files(
+                self.num_samples, per_pack = pretraining.check_files(
                     self.files, seq, masks, self.pipe.static_mask, vocab, skip_damage=skip
                 )
+                if per_pack:
+                    self._use_packed(per_pack)
             # After the first file's checks (they say how to fix the config): every file's
             # fingerprint, which also knows the vocab and casing the data was made with.
             fingerprint.check(self.files, self.fingerprint_settings)
@@ -206,10 +240,28 @@ class PretrainingTask:
             if self.roberta:
                 mlm.check_files(self.eval_files, seq, vocab, skip_damage=skip)
             else:
-                pretraining.check_files(
+                _, per_pack = pretraining.check_files(
                     self.eval_files, seq, masks, self.pipe.static_mask, vocab, skip_damage=skip
                 )
+                if per_pack != self.pipe.sequences_per_pack:
+                    raise UserError(
+                        f"eval_file {self.eval_files[0]} holds "
+                        f"{_describe_packing(per_pack)} but the training data holds "
+                        f"{_describe_packing(self.pipe.sequences_per_pack)}: make both alike"
+                    )
             fingerprint.check(self.eval_files, self.fingerprint_settings)
+
+    def _use_packed(self, per_pack):
+        """The training records are packed rows of up to `per_pack` sequences: the pipeline
+        reads that layout and the model (modeling.BertModel) keeps the sequences apart."""
+        if self.config.groupbert:
+            # Its grouped convolution mixes neighbouring slots, across sequence boundaries too.
+            raise UserError(
+                f"{self.files[0]} holds packed sequences (create_pretraining_data.py --packing), "
+                "which GroupBERT cannot keep apart (its convolution crosses sequence boundaries): "
+                "make the data without --packing"
+            )
+        self.pipe = dataclasses.replace(self.pipe, sequences_per_pack=per_pack)
 
     @functools.cached_property
     def fingerprint_settings(self):
@@ -225,12 +277,17 @@ class PretrainingTask:
             if path and os.path.isfile(path):
                 entry = fingerprint.file_entry(path, self.masking.vocab_size)
                 run["vocab"] = (entry, f"tokenizer_file {path} ({where('tokenizer_file')})")
+        elif self.pipe.sequences_per_pack:
+            per_pack = self.pipe.sequences_per_pack
+            run["layout"] = ("packed_sequences", f"packed rows in {self.files[0]}")
+            run["max_sequences_per_pack"] = (per_pack, f"the rows of {self.files[0]}")
         else:
             static = cfg.model.static_mask
             run["layout"] = (
                 "remask" if static else "standard",
                 f"static_mask {str(static).lower()}, {where('static_mask')}",
             )
+        if not self.roberta:
             run["mask_tokens"] = (
                 self.pipe.max_predictions_per_seq,
                 f"max_predictions_per_seq, {where('max_predictions_per_seq')}",
@@ -294,9 +351,12 @@ class PretrainingTask:
         return pretraining.tfrecord_dataset(self.files, self.pipe, seed)
 
     def flops_per_sample(self):
+        """Per record: a packed row costs one sequence of seq_length with K*P masked slots
+        (its K-1 extra pooler and NSP rows are not counted)."""
         import modeling
 
         seq, masks = self.cfg.data.seq_length, self.pipe.max_predictions_per_seq
+        masks *= max(self.pipe.sequences_per_pack, 1)
         return modeling.pretraining_flops_per_sequence(self.config, seq, masks)
 
     def evaluator(self, model):
