@@ -235,6 +235,9 @@ OPTIONS = [
         O("do_predict", "bool", False, "run prediction"),
         O("do_evaluation", "bool", False, "run evaluation"),
         O("tfrecord_dir", "str", None, "cache directory of the feature TFRecords"),
+        O("length_bucket", "int", 0, "0: every batch padded to seq_length; N: training batches "
+          "of similar lengths (sorted within windows of 64 steps) and GLUE prediction batches "
+          "cut to their longest example, rounded up to a multiple of N"),
     ], scopes=("squad", "glue")),
     *_section("SQuAD", "finetune", [
         O("version_2_with_negative", "bool", False, "SQuAD 2.0 (questions without answer)"),
@@ -518,6 +521,8 @@ def _validate(opts, explicit):
     for key in PROBABILITIES:
         if opts.get(key) is not None and not 0 <= opts[key] < 1:
             _fail(f"{key} must be in [0, 1), got {opts[key]} ({_source(opts, explicit, key)})")
+    if (opts.get("length_bucket") or 0) < 0:
+        _fail(f"length_bucket must be 0 (off) or positive, got {opts['length_bucket']}")
     warmup = opts["warmup"]
     if not ((float(warmup).is_integer() and warmup >= 0) or 0 <= warmup < 1):
         _fail(

@@ -284,7 +284,7 @@ def real_tokens(features):
     return tf.reduce_sum(features["input_mask"])
 
 
-def predict(cfg, model, arrays, fn, names):
+def predict(cfg, model, arrays, fn, names, bucket=0):
     """Run `fn(model, features)` over `arrays` in micro-batches (the last one padded).
 
     Args:
@@ -292,25 +292,37 @@ def predict(cfg, model, arrays, fn, names):
       fn: traced (model, features, xla) -> tuple of float32 tensors [B,...]; xla says whether
         the function is XLA-compiled (it is when the run's xla option is on).
       names: names of fn's outputs.
+      bucket: 0, or N: the examples go by real length (input_mask) and each batch is cut to its
+        longest, rounded up to a multiple of N (same values up to float rounding; fn's outputs
+        must not have a sequence axis).
     Returns:
-      {name: np.ndarray [N,...]}.
+      {name: np.ndarray [N,...]}, in the order of `arrays`.
     """
     import tensorflow as tf
 
     n = len(next(iter(arrays.values())))
     batch = cfg.loop.micro_batch_size
     padded = -(-n // batch) * batch
-    inputs = {k: np.concatenate([v, np.repeat(v[-1:], padded - n, 0)]) for k, v in arrays.items()}
+    order = np.argsort(arrays["input_mask"].sum(1), kind="stable") if bucket else np.arange(n)
+    order = np.concatenate([order, np.repeat(order[-1:], padded - n)])
+    inputs = {k: v[order] for k, v in arrays.items()}
     xla = bool(cfg.loop.xla)
     step = tf.function(lambda f: fn(model, f, xla), jit_compile=xla)
     outs = {name: [] for name in names}
     from tqdm import tqdm
 
     for start in tqdm(range(0, padded, batch), disable=None, leave=False, unit="batch"):
-        got = step({k: tf.constant(v[start : start + batch]) for k, v in inputs.items()})
+        features = {k: tf.constant(v[start : start + batch]) for k, v in inputs.items()}
+        if bucket:
+            features = trim_to_length(features, bucket)
+        got = step(features)
         for name, value in zip(names, got):
             outs[name].append(value.numpy())
-    return {name: np.concatenate(v)[:n] for name, v in outs.items()}
+    result = {}
+    for name, values in outs.items():
+        result[name] = np.empty_like(np.concatenate(values)[:n])
+        result[name][order[:n]] = np.concatenate(values)[:n]
+    return result
 
 
 def compute_dtype(cfg):
@@ -344,6 +356,11 @@ def train_dataset(arrays, cfg, seed):
     With `buffer_size` (GLUE) smaller than the data, examples are shuffled within consecutive
     windows of that many and the full windows' order is shuffled too (a shorter last window stays
     last), so, as with a shuffle buffer, that setting bounds how the data is mixed.
+
+    With `length_bucket` N > 0, the examples of WINDOW_STEPS consecutive steps are sorted by real
+    length, cut into steps whose order is shuffled, and each step is cut to its longest example
+    rounded up to a multiple of N: steps of similar lengths and little padding (the step is traced
+    once per length, at most S/N times).
     """
     import tensorflow as tf
 
@@ -352,7 +369,8 @@ def train_dataset(arrays, cfg, seed):
     window = min(cfg.finetune.buffer_size or n, n)
     full = n // window  # windows of `window` examples; a shorter last one stays last
 
-    def example(i):
+    def example_index(i):
+        """Position i of the endless stream -> example index (epoch-wise shuffled)."""
         epoch, index = i // n, i % n
         seed2 = tf.stack([tf.constant(seed % 2**31, tf.int64), epoch])
         if window == n:
@@ -367,11 +385,66 @@ def train_dataset(arrays, cfg, seed):
             )
             size = tf.where(last, tf.constant(n - full * window, tf.int64), window)
             j = order * window + tf.random.experimental.index_shuffle(offset, seed2 + 1, size - 1)
-        return {k: tf.gather(v, j) for k, v in tensors.items()}
+        return j
 
-    ds = tf.data.Dataset.range(2**62).map(example, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(cfg.loop.micro_batch_size).batch(cfg.loop.gradient_accumulation_count)
+    # --compile-only compiles the full-length step, the largest of the bucketed ones.
+    bucket = (
+        0 if cfg.loop.compile_only or "input_mask" not in arrays else cfg.finetune.length_bucket
+    )
+    mb, ga = cfg.loop.micro_batch_size, cfg.loop.gradient_accumulation_count
+    if bucket:
+        ds = _sorted_windows(tensors, example_index, mb * ga, seed).map(
+            lambda j: {k: tf.gather(v, j) for k, v in tensors.items()}
+        )
+    else:
+        ds = tf.data.Dataset.range(2**62).map(
+            lambda i: {k: tf.gather(v, example_index(i)) for k, v in tensors.items()},
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    # An endless stream: drop_remainder only makes the batch sizes static (--compile-only).
+    ds = ds.batch(mb, drop_remainder=True).batch(ga, drop_remainder=True)
+    if bucket:
+        ds = ds.map(lambda step: trim_to_length(step, bucket))
     return ds.prefetch(2)
+
+
+WINDOW_STEPS = 64  # length bucketing sorts the examples of this many steps at a time
+
+
+def _sorted_windows(tensors, index, step, seed):
+    """Example indices, WINDOW_STEPS steps at a time: the window's examples (in the shuffled
+    order `index` gives) sorted by real length, cut into steps, the steps in a shuffled order."""
+    import tensorflow as tf
+
+    lengths = tf.reduce_sum(tf.cast(tensors["input_mask"], tf.int32), -1)
+    size = WINDOW_STEPS * step
+
+    def window(w):
+        js = tf.map_fn(index, w * size + tf.range(size, dtype=tf.int64))
+        js = tf.gather(js, tf.argsort(tf.gather(lengths, js), stable=True))
+        seed2 = tf.stack([tf.constant(seed % 2**31 + 1, tf.int64), w])
+        steps = tf.random.experimental.index_shuffle(
+            tf.range(WINDOW_STEPS, dtype=tf.int64), seed2, WINDOW_STEPS - 1
+        )
+        return tf.reshape(tf.gather(tf.reshape(js, [WINDOW_STEPS, step]), steps), [-1])
+
+    return tf.data.Dataset.range(2**62 // size).map(window).unbatch()
+
+
+def trim_to_length(features, bucket):
+    """Features [..., S] cut to the longest real length among them (input_mask), rounded up to a
+    multiple of `bucket` (at most S): the model masks padding, so only padding is dropped."""
+    import tensorflow as tf
+
+    mask = features["input_mask"]
+    seq = mask.shape[-1]
+    longest = tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), -1))
+    keep = tf.minimum(-(-longest // bucket) * bucket, seq)
+    rank = len(mask.shape)
+    return {
+        k: v[..., :keep] if len(v.shape) == rank and v.shape[-1] == seq else v
+        for k, v in features.items()
+    }
 
 
 def generated_arrays(cfg, num, vocab_size, extra):

@@ -208,7 +208,8 @@ class GlueTask:
             return (logits,)
 
         inputs = {k: arrays[k] for k in FEATURES}
-        logits = finetuning.predict(cfg, model, inputs, logits_fn, ["logits"])["logits"]
+        bucket = cfg.finetune.length_bucket
+        logits = finetuning.predict(cfg, model, inputs, logits_fn, ["logits"], bucket)["logits"]
         return logits[:, 0] if self.regression else logits.argmax(-1)
 
 
