@@ -83,22 +83,20 @@ class Placement:
         return self.device("cls")
 
     def report(self, params, slots=None):
-        """Lines describing each device: its stages, weights and optimizer state (MB)."""
+        """Lines describing each device: its stages, and the weights and optimizer state (MB)
+        that sit there (read from the variables' own devices)."""
 
         def megabytes(variables):
             return sum(v.shape.num_elements() * v.dtype.size for v in variables) / 2**20
 
         lines = []
         for d, name in enumerate(self.names):
-            held = [n for n in params if self.variable_device(n) == name]
-            weights = megabytes(params[n] for n in held)
-            state = megabytes(
-                v for n, v in (slots or {}).items() if n.rsplit("/", 1)[0] in set(held)
-            )
+            held = [v for v in params.values() if v.device.endswith(name)]
+            state = [v for v in (slots or {}).values() if v.device.endswith(name)]
             what = " | ".join(desc for dev, desc in self.stages if dev == d)
             lines.append(
-                f"pipeline device {d} ({name}): {what}; {len(held)} variables, {weights:.1f} MB "
-                f"weights + {state:.1f} MB optimizer state"
+                f"pipeline device {d} ({name}): {what}; {len(held)} variables, "
+                f"{megabytes(held):.1f} MB weights + {megabytes(state):.1f} MB optimizer state"
             )
         return lines
 

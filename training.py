@@ -278,16 +278,20 @@ class Trainer:
         micro += tf.cast(ctx.replica_id_in_sync_group, tf.int64)
         return tf.stack([tf.constant(self.seed, tf.int64), micro])
 
-    def _micro(self, features, step, index, scale, names):
+    def _forward(self, features, step, index):
+        """One training micro-batch's metrics ("loss", ..., and "tokens" when counted)."""
         seed = self._dropout_seed(step, index)
-        variables = [self.model.params[n] for n in names]
-        with tf.GradientTape() as tape:
-            metrics = self.loss_fn(self.model, features, True, seed, self.compute_dtype)
-            scaled = metrics["loss"] * scale
-        grads = tape.gradient(scaled, variables)
+        metrics = self.loss_fn(self.model, features, True, seed, self.compute_dtype)
         if self.tokens_fn is not None:
             metrics["tokens"] = tf.cast(self.tokens_fn(features), tf.float32)
-        return grads, metrics
+        return metrics
+
+    def _micro(self, features, step, index, scale, names):
+        variables = [self.model.params[n] for n in names]
+        with tf.GradientTape() as tape:
+            metrics = self._forward(features, step, index)
+            scaled = metrics["loss"] * scale
+        return tape.gradient(scaled, variables), metrics
 
     def _pipelined(self, batch, step, scale):
         """The GA micro-batches through the pipeline stages (see `pipeline`): unrolled, so that
@@ -299,18 +303,11 @@ class Trainer:
         total, sums = [], {}
         with ops.placed(p), tf.device(p.device("mlm")):
             for i in range(self.ga):
-                features = {k: v[i] for k, v in batch.items()}
-                seed = self._dropout_seed(step, i)
-                m = self.loss_fn(self.model, features, True, seed, self.compute_dtype)
+                m = self._forward({k: v[i] for k, v in batch.items()}, step, i)
                 total.append(m["loss"] * scale)
-                if self.tokens_fn is not None:
-                    m["tokens"] = tf.cast(self.tokens_fn(features), tf.float32)
                 sums = {k: sums[k] + v if k in sums else v for k, v in m.items()}
-        grads = tf.gradients(tf.add_n(total), variables)
-        pairs = [
-            (n, tf.convert_to_tensor(g)) for n, g in zip(self.train_names, grads) if g is not None
-        ]
-        return [n for n, _ in pairs], [g for _, g in pairs], sums
+        names, grads = _used(self.train_names, tf.gradients(tf.add_n(total), variables))
+        return names, grads, sums
 
     def _accumulate(self, batch):
         """Replica context: gradients summed over the GA micro-batches (still loss-scaled)."""
@@ -321,9 +318,7 @@ class Trainer:
             return self._averaged(names, grads, metrics, scale)
         first = {k: v[0] for k, v in batch.items()}
         grads, metrics = self._micro(first, step, 0, scale, self.train_names)
-        # Variables the loss does not use (e.g. the pooler for SQuAD) get no gradient and no update.
-        names = [n for n, g in zip(self.train_names, grads) if g is not None]
-        grads = [tf.convert_to_tensor(g) for g in grads if g is not None]  # IndexedSlices -> dense
+        names, grads = _used(self.train_names, grads)
         if self.ga > 1:
 
             def body(i, acc, sums):
@@ -432,6 +427,13 @@ class Trainer:
             steps.append(self._apply(holder["names"], g, m))
             grads = dict(zip(holder["names"], g)) if with_grads else {}
         return {k: tf.stack([s[k] for s in steps]) for k in steps[0]}, grads
+
+
+def _used(names, grads):
+    """(names, dense gradients) of the variables the loss uses: the others (e.g. the pooler for
+    SQuAD) get no gradient and no update; IndexedSlices become dense."""
+    kept = [(n, tf.convert_to_tensor(g)) for n, g in zip(names, grads) if g is not None]
+    return [n for n, _ in kept], [g for _, g in kept]
 
 
 @dataclasses.dataclass

@@ -320,8 +320,9 @@ def predict(cfg, model, arrays, fn, names, bucket=0):
             outs[name].append(value.numpy())
     result = {}
     for name, values in outs.items():
-        result[name] = np.empty_like(np.concatenate(values)[:n])
-        result[name][order[:n]] = np.concatenate(values)[:n]
+        got = np.concatenate(values)[:n]
+        result[name] = np.empty_like(got)
+        result[name][order[:n]] = got  # back to the order of `arrays`
     return result
 
 
