@@ -294,10 +294,9 @@ class Trainer:
         return tape.gradient(scaled, variables), metrics
 
     def _pipelined(self, batch, step, scale):
-        """The GA micro-batches through the pipeline stages (see `pipeline`): unrolled, so that
-        the stages overlap on their devices, and differentiated once with `tf.gradients`, which
-        puts each gradient op on its forward op's device. -> (names, summed scaled gradients,
-        summed metrics)."""
+        """The GA micro-batches unrolled through the stages (see `pipeline`), so they overlap, and
+        one `tf.gradients`, which puts each gradient op on its forward op's device. -> (names,
+        summed scaled gradients, summed metrics)."""
         p = self.placement
         variables = [self.model.params[n] for n in self.train_names]
         total, sums = [], {}
@@ -430,8 +429,7 @@ class Trainer:
 
 
 def _used(names, grads):
-    """(names, dense gradients) of the variables the loss uses: the others (e.g. the pooler for
-    SQuAD) get no gradient and no update; IndexedSlices become dense."""
+    """(names, dense gradients) of the variables the loss uses (not e.g. SQuAD's pooler)."""
     kept = [(n, tf.convert_to_tensor(g)) for n, g in zip(names, grads) if g is not None]
     return [n for n, _ in kept], [g for _, g in kept]
 
