@@ -61,13 +61,15 @@ def global_norm(tensors):
     return tf.sqrt(tf.add_n(squares)) if squares else tf.constant(0.0)
 
 
-def clip_by_global_norm(tensors, clip_norm=CLIP_NORM):
+def clip_by_global_norm(tensors, clip_norm=CLIP_NORM, norm=None):
     """Scale all tensors by `clip_norm / max(norm, clip_norm)`; NaN if the norm is not finite.
+    `norm`: their global norm when the caller has it already.
 
     Returns:
       (list of clipped tensors, float32 global norm before clipping).
     """
-    norm = global_norm(tensors)
+    if norm is None:
+        norm = global_norm(tensors)
     scale = tf.where(tf.math.is_finite(norm), clip_norm / tf.maximum(norm, clip_norm), float("nan"))
     return [t * tf.cast(scale, t.dtype) for t in tensors], norm
 
@@ -160,22 +162,24 @@ class Optimizer:
             (n, tf.cast(tf.convert_to_tensor(g), tf.float32)) for n, g in pairs if g is not None
         )
 
-    def apply_gradients(self, grads, learning_rate):
+    def apply_gradients(self, grads, learning_rate, norm=None):
         """Update the weights in place.
 
         Args:
           grads: dict {name: tensor} (missing or None = no gradient) or a list aligned with
             `params` (or with the trainable names). Any float dtype; IndexedSlices are densified.
           learning_rate: float32 scalar tensor (or Python float).
+          norm: their global norm when the caller has it already (saves a pass over them).
 
         Returns:
           tf.float32 scalar: global norm of the gradients as received (before any clipping).
         """
         grads = self._gradients_by_name(grads)
-        norm = global_norm(list(grads.values()))
+        if norm is None:
+            norm = global_norm(list(grads.values()))
         seen_norm = norm
         if self.clip_norm is not None:
-            clipped, _ = clip_by_global_norm(list(grads.values()), self.clip_norm)
+            clipped, _ = clip_by_global_norm(list(grads.values()), self.clip_norm, norm)
             grads = OrderedDict(zip(grads, clipped))
             seen_norm = norm * (self.clip_norm / tf.maximum(norm, self.clip_norm))
         self._update(grads, tf.cast(learning_rate, tf.float32), seen_norm)

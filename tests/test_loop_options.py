@@ -175,3 +175,40 @@ def test_every_option_is_read_or_marked():
     # The check can fail: an option nobody reads is reported.
     ghost = options.Option("option_nobody_reads", "int", 1, "ghost")
     assert unread_options([ghost], source) == ["option_nobody_reads"]
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 1e20])
+def test_update_is_skipped_when_the_gradient_norm_is_not_finite(tmp_path, bad):
+    """One global norm serves the finite check and the optimizer: an inf or NaN anywhere, or
+    finite values whose square sum overflows float32, skip the update (weights and slots kept,
+    the step counted); finite gradients are applied."""
+    import tensorflow as tf
+
+    import training
+    from objectives import pretraining
+
+    cfg = options.parse_options(fast_args(tmp_path, "--generated-data", "--optimizer", "lamb"))
+    task = pretraining.PretrainingTask(cfg)
+    strategy = training.make_strategy(1)
+    trainer = training.Trainer(task.cfg, strategy, task.build_model(strategy), task.loss)
+    names = trainer.train_names
+    state = lambda: {k: v.numpy().copy() for k, v in trainer.state.items()}  # noqa: E731
+    grads = [tf.fill(trainer.model.params[n].shape, 1e-3) for n in names]
+    poisoned = list(grads)
+    poisoned[len(names) // 2] = tf.tensor_scatter_nd_update(
+        tf.reshape(grads[len(names) // 2], [-1]), [[0]], [bad]
+    )
+    poisoned[len(names) // 2] = tf.reshape(poisoned[len(names) // 2], grads[len(names) // 2].shape)
+    before = state()
+    out = trainer._apply(names, poisoned, {"loss": tf.constant(1.0)})
+    assert float(out["applied"]) == 0.0 and not np.isfinite(float(out["grad_norm"]))
+    after = state()
+    assert int(after.pop("global_step")) == int(before.pop("global_step")) + 1
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+    out = trainer._apply(names, grads, {"loss": tf.constant(1.0)})
+    assert float(out["applied"]) == 1.0
+    expected = np.sqrt(sum(float(tf.size(g)) for g in grads)) * 1e-3
+    assert float(out["grad_norm"]) == pytest.approx(expected, rel=1e-5)
+    changed = state()
+    assert any(not np.array_equal(changed[k], after[k]) for k in trainer.model.params)
