@@ -57,8 +57,9 @@ def _matches(name, patterns):
 
 def global_norm(tensors):
     """sqrt(sum of squares of every element of every tensor), as a tf.float32 scalar."""
-    squares = [tf.reduce_sum(tf.square(tf.cast(t, tf.float32))) for t in tensors]
-    return tf.sqrt(tf.add_n(squares)) if squares else tf.constant(0.0)
+    with tf.name_scope("global_norm"):
+        squares = [tf.reduce_sum(tf.square(tf.cast(t, tf.float32))) for t in tensors]
+        return tf.sqrt(tf.add_n(squares)) if squares else tf.constant(0.0)
 
 
 def clip_by_global_norm(tensors, clip_norm=CLIP_NORM, norm=None):

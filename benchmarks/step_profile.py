@@ -10,7 +10,8 @@ trace (`*.xplane.pb`) and sums the op time of each group per step:
   casts           Cast ops (fp32 weights to bf16 and their bf16 gradients back)
   fused kernels   the XLA-compiled LayerNorm, softmax, dropout and GELU functions
   bias gradients  BiasAddGrad
-  finite check    IsFinite / All over the gradients (the skip-on-overflow test)
+  finite check    IsFinite / All over the gradients (the skip-on-overflow test, before 2a8f63c)
+  gradient norm   the global norm of the gradients (since 2a8f63c also the finite check)
   loss            the MLM / NSP cross-entropy
   other           transposes, gathers, slices, adds, ...
 
@@ -36,7 +37,7 @@ CONFIG = os.path.join(ROOT, "configs", "pretrain_base_128_phase1.json")
 START = 3  # the first profiled step: compilation and warm-up come before it
 MATMUL = {"_MklMatMul", "_MklNativeFusedMatMul", "_MklBatchMatMulV2", "MatMul", "BatchMatMulV2"}
 GROUPS = ("matmul", "optimizer", "casts", "fused kernels", "bias gradients", "finite check")
-GROUPS += ("loss", "other")
+GROUPS += ("gradient norm", "loss", "other")
 # Wrappers around the ops (executor bookkeeping, XLA's executable call): not op time themselves.
 WRAPPERS = {
     "ExecutorState::Process",
@@ -51,6 +52,8 @@ def group_of(name, kind):
     """The group of one op event (`name` its node name, `kind` its op type, None for XLA)."""
     if name.startswith("cond/then") or "/cond/then" in name:
         return "optimizer"
+    if name.startswith("global_norm/"):
+        return "gradient norm"
     if kind is None:
         return "fused kernels"
     if kind in MATMUL:
