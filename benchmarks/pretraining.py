@@ -135,7 +135,6 @@ def worker_ours(args):
 
 def worker_keras(args):
     os.environ["KERAS_BACKEND"] = "tensorflow"
-    import keras
     import keras_hub
     import numpy as np
 
@@ -143,18 +142,7 @@ def worker_keras(args):
     import modeling
     import training
 
-    if args.precision == "bf16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=args.vocab_size,
-        num_layers=12,
-        num_heads=12,
-        hidden_dim=768,
-        intermediate_dim=3072,
-        dropout=0.1,
-        max_sequence_length=512,
-    )
-    model = keras_hub.models.BertMaskedLM(backbone=backbone, preprocessor=None)
+    model = keras_bert_base(args.precision, args.vocab_size)
     rng = np.random.default_rng(0)
     positions = np.sort(
         np.argsort(rng.random((MICRO_BATCH, SEQ - 1)), axis=1)[:, :MASKS] + 1, axis=1
@@ -187,6 +175,25 @@ def worker_keras(args):
         "peak_flops": training.measured_peak_flops(dtype),
         "loss": loss,
     }
+
+
+def keras_bert_base(precision, vocab_size):
+    """keras-hub's BERT-base `BertMaskedLM` (dropout 0.1, no preprocessor) in `precision`."""
+    import keras
+    import keras_hub
+
+    if precision == "bf16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=vocab_size,
+        num_layers=12,
+        num_heads=12,
+        hidden_dim=768,
+        intermediate_dim=3072,
+        dropout=0.1,
+        max_sequence_length=512,
+    )
+    return keras_hub.models.BertMaskedLM(backbone=backbone, preprocessor=None)
 
 
 def time_keras(model, batch, weight_decay, jit_compile, warmup, steps):

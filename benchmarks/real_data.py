@@ -111,8 +111,6 @@ def worker_keras(args):
     """keras-hub BertMaskedLM on the first micro-batch of the padded records."""
     os.environ["KERAS_BACKEND"] = "tensorflow"
     bench = _shared()
-    import keras
-    import keras_hub
     import tensorflow as tf
 
     sys.path.insert(0, ROOT)
@@ -120,8 +118,6 @@ def worker_keras(args):
     import training
     from bert_data import records
 
-    if args.precision == "bf16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     spec = records.parse_spec(args.seq, MASKS[args.seq], remask=False)
     rows = tf.data.TFRecordDataset(args.records).take(MICRO_BATCH).batch(MICRO_BATCH)
     f = {k: v.numpy() for k, v in tf.io.parse_example(next(iter(rows)), spec).items()}
@@ -131,16 +127,7 @@ def worker_keras(args):
         "padding_mask": f["input_mask"].astype(bool),
         "mask_positions": f["masked_lm_positions"].astype("int32"),
     }
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=VOCAB_SIZE,
-        num_layers=12,
-        num_heads=12,
-        hidden_dim=768,
-        intermediate_dim=3072,
-        dropout=0.1,
-        max_sequence_length=512,
-    )
-    model = keras_hub.models.BertMaskedLM(backbone=backbone, preprocessor=None)
+    model = bench.keras_bert_base(args.precision, VOCAB_SIZE)
     batch = (x, f["masked_lm_ids"].astype("int32"), f["masked_lm_weights"])
     first, times, others, loss = bench.time_keras(
         model, batch, 0.01, args.xla_flag == "on", args.warmup, args.steps
