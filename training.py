@@ -340,17 +340,13 @@ class Trainer:
     def _apply(self, names, grads, metrics):
         """Unscaled, reduced gradients -> (conditional) update; returns the step's metrics."""
         step = self.global_step.read_value()
-        # The global norm is finite iff every gradient is (or its square sum overflows float32,
-        # at |g| ~ 1e19): one pass over the gradients serves the check and the optimizer.
+        # Finite iff every gradient is (or the square sum overflows): one pass, two uses.
         norm = optimization.global_norm(grads)
         finite = tf.logical_and(tf.math.is_finite(norm), tf.math.is_finite(metrics["loss"]))
         scale = self._loss_scale(step)
         apply = self.dynamic.update(finite) if self.dynamic is not None else finite
         lr = self.schedule.tf_at_step(step)
-
-        def update():
-            return self.optimizer.apply_gradients(dict(zip(names, grads)), lr, norm)
-
+        update = lambda: self.optimizer.apply_gradients(dict(zip(names, grads)), lr, norm)  # noqa: E731
         grad_norm = tf.cond(apply, update, lambda: norm)
         self.global_step.assign_add(1)
         metrics = dict(metrics, learning_rate=lr, loss_scaling=scale, grad_norm=grad_norm)
