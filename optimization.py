@@ -23,8 +23,9 @@ Contract shared by every optimizer:
 
 Non-finite gradients: the global-norm clip (adamw, mpadamw, lamb with use_mpclip) turns every
 gradient into NaN when the norm is not finite, as the reference did; applying that step writes NaN
-into weights and moments. `apply_gradients` returns the global norm so the caller can check it
-(or `all_finite(grads)`) and skip the step, e.g. with `DynamicLossScale.update`.
+into weights and moments. The training loop computes the global norm once, skips the step when it
+is not finite (e.g. through `DynamicLossScale.update`) and passes it to `apply_gradients(...,
+norm)`; `all_finite(grads)` is the element-wise check for callers without a norm.
 """
 
 import contextlib
@@ -542,7 +543,7 @@ class LossScalingScheduler:
 class DynamicLossScale(tf.Module):
     """Overflow-driven loss scale for float16 training (not in the reference, which ran IPUs).
 
-    After each step call `update(all_finite(grads))`: a finite step counts as good and every
+    After each step call `update(finite)` (finite: the gradients' global norm is): a finite step counts as good and every
     `growth_interval` good steps the scale is multiplied by `growth_factor` (up to `max_scale`);
     a non-finite step multiplies it by `backoff_factor` (not below `min_scale`), resets the good
     count and increments `skipped_steps`. The caller must not apply a skipped step.
@@ -594,7 +595,7 @@ class DynamicLossScale(tf.Module):
         """Advance the state after one step.
 
         Args:
-          grads_are_finite: tf.bool scalar (e.g. `all_finite(grads)`).
+          grads_are_finite: tf.bool scalar (e.g. `tf.math.is_finite(global_norm(grads))`).
 
         Returns:
           tf.bool scalar: whether to apply this step (= grads_are_finite).
