@@ -543,8 +543,8 @@ class LossScalingScheduler:
 class DynamicLossScale(tf.Module):
     """Overflow-driven loss scale for float16 training (not in the reference, which ran IPUs).
 
-    After each step call `update(finite)` (finite: the gradients' global norm is): a finite step counts as good and every
-    `growth_interval` good steps the scale is multiplied by `growth_factor` (up to `max_scale`);
+    After each step call `update(finite)` (finite: the gradients' global norm is): a finite
+    step counts as good and every `growth_interval` good steps the scale is multiplied by `growth_factor` (up to `max_scale`);
     a non-finite step multiplies it by `backoff_factor` (not below `min_scale`), resets the good
     count and increments `skipped_steps`. The caller must not apply a skipped step.
 
