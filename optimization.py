@@ -544,9 +544,9 @@ class DynamicLossScale(tf.Module):
     """Overflow-driven loss scale for float16 training (not in the reference, which ran IPUs).
 
     After each step call `update(finite)` (finite: the gradients' global norm is): a finite
-    step counts as good and every `growth_interval` good steps the scale is multiplied by `growth_factor` (up to `max_scale`);
-    a non-finite step multiplies it by `backoff_factor` (not below `min_scale`), resets the good
-    count and increments `skipped_steps`. The caller must not apply a skipped step.
+    step counts as good and every `growth_interval` good steps the scale is multiplied by
+    `growth_factor` (up to `max_scale`); a non-finite step multiplies it by `backoff_factor` (not
+    below `min_scale`), resets the good count and increments `skipped_steps`. The caller must not apply a skipped step.
 
     State (tf.Variables, listed in `state` for checkpoints): `loss_scale` (float32),
     `loss_scale/good_steps` and `loss_scale/skipped_steps` (int64).
