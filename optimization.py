@@ -56,24 +56,36 @@ def _matches(name, patterns):
     return any(re.search(pattern, name) for pattern in patterns)
 
 
-def global_norm(tensors):
-    """sqrt(sum of squares of every element of every tensor), as a tf.float32 scalar."""
+def euclidean_norm(x, axis=None, xla=False):
+    """Euclidean norm of `x` over `axis` (None: all of it). Outside XLA one reduction kernel
+    (EuclideanNorm: no squared copy of x); XLA has no such kernel: there, sqrt(sum(x * x)), which
+    it fuses anyway. `xla`: whether the calling function is XLA-compiled."""
+    if xla:
+        return tf.sqrt(tf.reduce_sum(tf.square(x), axis))
+    return tf.math.reduce_euclidean_norm(x, axis)
+
+
+def global_norm(tensors, xla=False):
+    """sqrt(sum of squares of every element of every tensor), as a tf.float32 scalar.
+    `xla`: whether the calling function is XLA-compiled (see `euclidean_norm`). A tensor whose own norm
+    overflows float32 gives inf, as the sum of squares would."""
     with tf.name_scope("global_norm"):
-        squares = [tf.reduce_sum(tf.square(tf.cast(t, tf.float32))) for t in tensors]
-        return tf.sqrt(tf.add_n(squares)) if squares else tf.constant(0.0)
+        norms = [euclidean_norm(tf.cast(t, tf.float32), xla=xla) for t in tensors]
+        return tf.sqrt(tf.add_n([tf.square(n) for n in norms])) if norms else tf.constant(0.0)
 
 
-def clip_by_global_norm(tensors, clip_norm=CLIP_NORM, norm=None):
+def clip_by_global_norm(tensors, clip_norm=CLIP_NORM, known_norm=None):
     """Scale all tensors by `clip_norm / max(norm, clip_norm)`; NaN if the norm is not finite.
-    `norm`: their global norm when the caller has it already.
+    `known_norm`: their global norm when the caller has it already.
 
     Returns:
       (list of clipped tensors, float32 global norm before clipping).
     """
-    if norm is None:
-        norm = global_norm(tensors)
-    scale = tf.where(tf.math.is_finite(norm), clip_norm / tf.maximum(norm, clip_norm), float("nan"))
-    return [t * tf.cast(scale, t.dtype) for t in tensors], norm
+    total = global_norm(tensors) if known_norm is None else known_norm
+    scale = tf.where(
+        tf.math.is_finite(total), clip_norm / tf.maximum(total, clip_norm), float("nan")
+    )
+    return [t * tf.cast(scale, t.dtype) for t in tensors], total
 
 
 def all_finite(grads):
@@ -89,6 +101,13 @@ def all_finite(grads):
     return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
 
+def fused_kernels_apply(var):
+    """Whether TF's fused update kernels (ResourceApplyAdam, ResourceApplyMomentum,
+    ResourceApplyGradientDescent) can update `var` in place: a plain variable, not one of a
+    tf.distribute strategy's mirrored variables (those take updates through their assign)."""
+    return not isinstance(var, tf.distribute.DistributedValues)
+
+
 def _safe_ratio(w_norm, u_norm):
     """Trust ratio ||w|| / ||u||, or 1 where either norm is 0 (no upper clip, as the reference)."""
     ratio = tf.where(u_norm > 0, w_norm / tf.where(u_norm > 0, u_norm, 1.0), 1.0)
@@ -101,9 +120,14 @@ class Optimizer:
     Args:
       params: ordered dict {name: tf.Variable}.
       clip_norm: if not None, gradients are clipped to this global norm before the update.
+
+    Attributes:
+      xla: whether `apply_gradients` runs in an XLA-compiled function (picks how norms are
+        computed, see `euclidean_norm`; default False). `make_optimizer` sets it.
     """
 
     name = None
+    xla = False
 
     def __init__(self, params, clip_norm=None):
         self.params = OrderedDict(params)
@@ -178,7 +202,7 @@ class Optimizer:
         """
         grads = self._gradients_by_name(grads)
         if norm is None:
-            norm = global_norm(list(grads.values()))
+            norm = global_norm(list(grads.values()), self.xla)
         seen_norm = norm
         if self.clip_norm is not None:
             clipped, _ = clip_by_global_norm(list(grads.values()), self.clip_norm, norm)
@@ -195,6 +219,26 @@ class Optimizer:
         # Counters are int32 [1] variables, as in the reference checkpoints.
         return tf.cast(counter[0], tf.float32)
 
+    @staticmethod
+    def _apply_adam(var, m, v, powers, lr, beta1, beta2, epsilon, g):
+        """m, v <- Adam moments of g; var <- var - lr_t * m / (sqrt(v) + epsilon), lr_t = lr *
+        sqrt(1 - powers[1]) / (1 - powers[0]). One fused kernel (three passes, no temporaries) on
+        plain variables; the same arithmetic in separate ops on a strategy's mirrored variables,
+        which take updates through their own assign.
+        """
+        if fused_kernels_apply(var):
+            tf.raw_ops.ResourceApplyAdam(
+                var=var.handle, m=m.handle, v=v.handle, beta1_power=powers[0],
+                beta2_power=powers[1], lr=lr, beta1=beta1, beta2=beta2, epsilon=epsilon, grad=g,
+            )  # fmt: skip
+            return
+        new_m = m + (g - m) * (1.0 - beta1)
+        new_v = v + (tf.square(g) - v) * (1.0 - beta2)
+        m.assign(new_m)
+        v.assign(new_v)
+        lr_t = lr * tf.sqrt(1.0 - powers[1]) / (1.0 - powers[0])
+        var.assign_sub(lr_t * new_m / (tf.sqrt(new_v) + epsilon))
+
 
 class SGD(Optimizer):
     """w <- w - lr * g (TF1 GradientDescentOptimizer)."""
@@ -203,7 +247,10 @@ class SGD(Optimizer):
 
     def _update(self, grads, lr, grad_norm):
         for _, g, var in self._per_variable(grads):
-            var.assign_sub(tf.cast(lr * g, var.dtype))
+            if fused_kernels_apply(var):
+                tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=lr, delta=g)
+            else:
+                var.assign_sub(lr * g)
 
 
 class Momentum(Optimizer):
@@ -232,9 +279,15 @@ class Momentum(Optimizer):
         for name, g, var in self._per_variable(grads):
             accum = self.slots[f"{name}/Momentum"]
             lr_factor, momentum = self._factors(name)
+            if fused_kernels_apply(var):
+                tf.raw_ops.ResourceApplyMomentum(
+                    var=var.handle, accum=accum.handle, lr=lr * lr_factor, grad=g,
+                    momentum=tf.constant(momentum, tf.float32),
+                )  # fmt: skip
+                continue
             new_accum = momentum * accum + g
             accum.assign(new_accum)
-            var.assign_sub(tf.cast(lr * lr_factor * new_accum, var.dtype))
+            var.assign_sub(lr * lr_factor * new_accum)
 
 
 class StageMomentum(Momentum):
@@ -292,14 +345,9 @@ class Adam(Optimizer):
     def _update(self, grads, lr, grad_norm):
         b1, b2 = self.beta1, self.beta2
         b1_power, b2_power = self.beta1_power.read_value(), self.beta2_power.read_value()
-        lr_t = lr * tf.sqrt(1.0 - b2_power) / (1.0 - b1_power)
         for name, g, var in self._per_variable(grads):
             m, v = self.slots[f"{name}/Adam"], self.slots[f"{name}/Adam_1"]
-            new_m = b1 * m + (1.0 - b1) * g
-            new_v = b2 * v + (1.0 - b2) * tf.square(g)
-            m.assign(new_m)
-            v.assign(new_v)
-            var.assign_sub(tf.cast(lr_t * new_m / (tf.sqrt(new_v) + self.epsilon), var.dtype))
+            self._apply_adam(var, m, v, (b1_power, b2_power), lr, b1, b2, self.epsilon, g)
         self.beta1_power.assign(b1_power * b1)
         self.beta2_power.assign(b2_power * b2)
 
@@ -312,7 +360,9 @@ class AdamW(Optimizer):
     GroupNorm, Group_Norm, LayerNorm, Layer_Norm, bias); w <- w - lr * u * c. With use_debiasing,
     c = sqrt(1 - beta2^(t+1)) / (1 - beta1^(t+1)) with the counter t starting at 1 (so the first
     step uses power 2, and c also scales the weight-decay term: reference quirks, kept);
-    otherwise c = 1. The moments themselves are never bias-corrected.
+    otherwise c = 1. The moments themselves are never bias-corrected. Computed as
+    w <- w - lr c wd w, then TF's fused Adam kernel (ResourceApplyAdam: moments and the rest of
+    the step in three passes) with c as its bias correction.
 
     `mpadamw` is accepted as this same optimizer: the reference kept m in float16 only to save IPU
     memory, working on loss-scaled gradients; with unscaled gradients a float16 m would underflow,
@@ -348,20 +398,18 @@ class AdamW(Optimizer):
 
     def _update(self, grads, lr, grad_norm):
         b1, b2 = self.beta1, self.beta2
-        correction = 1.0
+        # c as Adam's bias correction: powers 0 give c = 1.
+        powers = (tf.constant(0.0), tf.constant(0.0))
         if self.counter is not None:
             t = self._step_value(self.counter) + 1.0
-            correction = tf.sqrt(1.0 - tf.pow(b2, t)) / (1.0 - tf.pow(b1, t))
+            powers = (tf.pow(b1, t), tf.pow(b2, t))
         for name, g, var in self._per_variable(grads):
             m, v = self.slots[f"{name}/adam_m"], self.slots[f"{name}/adam_v"]
-            new_m = b1 * m + (1.0 - b1) * g
-            new_v = b2 * v + (1.0 - b2) * tf.square(g)
-            m.assign(new_m)
-            v.assign(new_v)
-            update = new_m / (tf.sqrt(new_v) + self.epsilon)
             if self.weight_decay_rate and not _matches(name, self.wd_exclude):
-                update += self.weight_decay_rate * tf.cast(var, tf.float32)
-            var.assign_sub(tf.cast(lr * update * correction, var.dtype))
+                # w - lr c (a + wd w) as (w - lr c wd w) - lr c a: the decay reads w first.
+                decay = lr * self.weight_decay_rate * tf.sqrt(1.0 - powers[1]) / (1.0 - powers[0])
+                var.assign_sub(var * decay)
+            self._apply_adam(var, m, v, powers, lr, b1, b2, self.epsilon, g)
         if self.counter is not None:
             self.counter.assign_add([1])
 
@@ -371,10 +419,11 @@ class Lamb(Optimizer):
 
     Per variable: g (times 1 / max(global norm, 1) with use_nvlamb); m, v standard moments;
     with use_debiasing m^ = m / (1 - beta1^t), v^ = v / (1 - beta2^t), t = lamb_step_counter
-    starting at 1, else m^ = m, v^ = v; u = m^ / (sqrt(|v^|) + epsilon) + wd * w unless the name
-    matches `wd_exclude`; trust ratio r = ||w|| / ||u|| (1 if either is 0, no upper clip) except
-    r = 1 for names matching bias/beta/gamma; w <- w - lr * r * u. A fused `...qkv...` [H, 3H]
-    kernel gets one ratio per Q, K and V column block.
+    starting at 1, else m^ = m, v^ = v; u = m^ / (sqrt(v^) + epsilon) + wd * w (the reference's
+    |v^| is v^, as v >= 0) unless the name matches `wd_exclude`; trust ratio r = ||w|| / ||u|| (1
+    if either is 0, no upper clip) except r = 1 for names matching bias/beta/gamma;
+    w <- w - lr * r * u. A fused `...qkv...` [H, 3H] kernel gets one ratio per Q, K and V column
+    block.
 
     Args:
       params: ordered dict {name: tf.Variable}.
@@ -418,16 +467,17 @@ class Lamb(Optimizer):
 
     def _trust_ratio(self, name, w, u):
         """r broadcastable to w's shape: a scalar, or [1, 3H] for a fused qkv kernel."""
+
+        def norm(x, axis=None):
+            return euclidean_norm(x, axis, self.xla)
+
         if not self._is_fused_qkv(name, w.shape):
-            return _safe_ratio(tf.norm(w), tf.norm(u))
+            return _safe_ratio(norm(w), norm(u))
         hidden = w.shape[0]
         # [H, 3H] -> [H, 3, H]: index 1 selects the Q, K or V column block.
         w_blocks = tf.reshape(w, [hidden, 3, hidden])
         u_blocks = tf.reshape(u, [hidden, 3, hidden])
-        ratio = _safe_ratio(
-            tf.sqrt(tf.reduce_sum(tf.square(w_blocks), axis=[0, 2])),
-            tf.sqrt(tf.reduce_sum(tf.square(u_blocks), axis=[0, 2])),
-        )  # [3]
+        ratio = _safe_ratio(norm(w_blocks, axis=[0, 2]), norm(u_blocks, axis=[0, 2]))  # [3]
         return tf.repeat(ratio, hidden)[tf.newaxis, :]  # [1, 3H], block k repeated H times
 
     def _update(self, grads, lr, grad_norm):
@@ -447,19 +497,20 @@ class Lamb(Optimizer):
             v.assign(new_v)
             if self.use_debiasing:
                 new_m, new_v = new_m / m_correction, new_v / v_correction
-            update = new_m / (tf.sqrt(tf.abs(new_v)) + self.epsilon)
-            w = tf.cast(var, tf.float32)
+            # v >= 0 by construction, so the reference's |v| is v (one pass less).
+            update = new_m / (tf.sqrt(new_v) + self.epsilon)
+            w = var.read_value()
             if self.weight_decay_rate and not _matches(name, self.wd_exclude):
                 update += self.weight_decay_rate * w
-            step = lr * update
+            scale = lr  # scalars (or the [1, 3H] qkv ratio) first: one pass over the update
             if not _matches(name, LAMB_ADAPTATION_EXCLUDE):
-                step = self._trust_ratio(name, w, update) * step
-            var.assign_sub(tf.cast(step, var.dtype))
+                scale = self._trust_ratio(name, w, update) * lr
+            var.assign_sub(update * scale)
         if self.counter is not None:
             self.counter.assign_add([1])
 
 
-def make_optimizer(settings, params, wd_exclude=None, clip_norm=CLIP_NORM):
+def make_optimizer(settings, params, wd_exclude=None, clip_norm=CLIP_NORM, xla=False):
     """Build the optimizer named by `settings.optimizer` over `params`.
 
     Args:
@@ -471,6 +522,7 @@ def make_optimizer(settings, params, wd_exclude=None, clip_norm=CLIP_NORM):
         ADAMW_WD_EXCLUDE and LAMB_WD_EXCLUDE; GroupBERT passes LAMB_WD_EXCLUDE_GROUPBERT, GPT-2
         WD_EXCLUDE_1D).
       clip_norm: AdamW's global-norm clip (None: none).
+      xla: whether its updates run in an XLA-compiled function (`Optimizer.xla`).
 
     Returns:
       An Optimizer with `apply_gradients(grads, learning_rate)` and `slots`.
@@ -478,7 +530,12 @@ def make_optimizer(settings, params, wd_exclude=None, clip_norm=CLIP_NORM):
     Raises:
       UserError: unknown optimizer name.
     """
-    s = settings
+    optimizer = _by_name(settings, params, wd_exclude, clip_norm)
+    optimizer.xla = bool(xla)
+    return optimizer
+
+
+def _by_name(s, params, wd_exclude, clip_norm):
     name = str(s.optimizer).lower()
     if name == "sgd":
         return SGD(params)
