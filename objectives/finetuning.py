@@ -223,7 +223,10 @@ def train_or_load(cfg, resolved, strategy, model, head, loss_fn, arrays, evaluat
         train_dataset(arrays, cfg, cfg.loop.seed),
         tokens_fn=real_tokens,
         samples_per_epoch=len(arrays["input_ids"]),
-        flops_per_sample=flops_per_sample(resolved.config, cfg.data.seq_length),
+        # MFU counts seq_length positions per example; length-bucketed batches are shorter.
+        flops_per_sample=None
+        if cfg.finetune.length_bucket
+        else flops_per_sample(resolved.config, cfg.data.seq_length),
         init=init,
         evaluate=evaluate,
     )
