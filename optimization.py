@@ -502,10 +502,12 @@ class Lamb(Optimizer):
             w = var.read_value()
             if self.weight_decay_rate and not _matches(name, self.wd_exclude):
                 update += self.weight_decay_rate * w
-            scale = lr  # scalars (or the [1, 3H] qkv ratio) first: one pass over the update
+            # ratio * (lr * u), the reference's order: folding lr into the ratio first saves a
+            # pass but changes the rounding, enough to move the Quick start's NSP accuracy.
+            step = lr * update
             if not _matches(name, LAMB_ADAPTATION_EXCLUDE):
-                scale = self._trust_ratio(name, w, update) * lr
-            var.assign_sub(update * scale)
+                step = self._trust_ratio(name, w, update) * step
+            var.assign_sub(step)
         if self.counter is not None:
             self.counter.assign_add([1])
 
