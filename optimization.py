@@ -74,18 +74,17 @@ def global_norm(tensors, xla=False):
         return tf.sqrt(tf.add_n([tf.square(n) for n in norms])) if norms else tf.constant(0.0)
 
 
-def clip_by_global_norm(tensors, clip_norm=CLIP_NORM, known_norm=None):
+def clip_by_global_norm(tensors, clip_norm=CLIP_NORM, norm=None):
     """Scale all tensors by `clip_norm / max(norm, clip_norm)`; NaN if the norm is not finite.
-    `known_norm`: their global norm when the caller has it already.
+    `norm`: their global norm when the caller has it already.
 
     Returns:
       (list of clipped tensors, float32 global norm before clipping).
     """
-    total = global_norm(tensors) if known_norm is None else known_norm
-    scale = tf.where(
-        tf.math.is_finite(total), clip_norm / tf.maximum(total, clip_norm), float("nan")
-    )
-    return [t * tf.cast(scale, t.dtype) for t in tensors], total
+    if norm is None:
+        norm = global_norm(tensors)
+    scale = tf.where(tf.math.is_finite(norm), clip_norm / tf.maximum(norm, clip_norm), float("nan"))
+    return [t * tf.cast(scale, t.dtype) for t in tensors], norm
 
 
 def all_finite(grads):
@@ -403,11 +402,11 @@ class AdamW(Optimizer):
         if self.counter is not None:
             t = self._step_value(self.counter) + 1.0
             powers = (tf.pow(b1, t), tf.pow(b2, t))
+        # w - lr c (a + wd w) as (w - lr c wd w) - lr c a: the decay reads w first.
+        decay = lr * self.weight_decay_rate * tf.sqrt(1.0 - powers[1]) / (1.0 - powers[0])
         for name, g, var in self._per_variable(grads):
             m, v = self.slots[f"{name}/adam_m"], self.slots[f"{name}/adam_v"]
             if self.weight_decay_rate and not _matches(name, self.wd_exclude):
-                # w - lr c (a + wd w) as (w - lr c wd w) - lr c a: the decay reads w first.
-                decay = lr * self.weight_decay_rate * tf.sqrt(1.0 - powers[1]) / (1.0 - powers[0])
                 var.assign_sub(var * decay)
             self._apply_adam(var, m, v, powers, lr, b1, b2, self.epsilon, g)
         if self.counter is not None:

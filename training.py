@@ -213,10 +213,10 @@ class Trainer:
         self.save_slots = cfg.checkpoint.save_optimiser_to_checkpoint
         fp16 = loop.precision == "16"
         self.placement = getattr(model, "placement", None)
-        xla = compiles_with_xla(loop, strategy, self.placement)
+        self.xla = compiles_with_xla(loop, strategy, self.placement)  # the single-replica step
         with strategy.scope():
             self.optimizer = optimization.make_optimizer(
-                cfg.optimizer, model.params, wd_exclude, clip_norm, xla
+                cfg.optimizer, model.params, wd_exclude, clip_norm, self.xla
             )
             self.global_step = tf.Variable(
                 tf.constant(0, tf.int64),
@@ -342,7 +342,7 @@ class Trainer:
         """Unscaled, reduced gradients -> (conditional) update; returns the step's metrics."""
         step = self.global_step.read_value()
         # Finite iff every gradient is (or the square sum overflows): one pass, two uses.
-        norm = optimization.global_norm(grads, self.optimizer.xla)
+        norm = optimization.global_norm(grads, self.xla)
         finite = tf.logical_and(tf.math.is_finite(norm), tf.math.is_finite(metrics["loss"]))
         scale = self._loss_scale(step)
         apply = self.dynamic.update(finite) if self.dynamic is not None else finite
@@ -385,7 +385,7 @@ class Trainer:
                 stacked = {k: tf.stack([b[k] for b in batches]) for k in batches[0]}
                 return self._iterate(stacked, with_grads)
 
-            fn = tf.function(single, jit_compile=self.optimizer.xla)  # compiles_with_xla
+            fn = tf.function(single, jit_compile=self.xla)
         else:
             fn = tf.function(lambda batches: self._distributed(batches, with_grads))
         self._step_fns[with_grads] = fn

@@ -285,15 +285,15 @@ def _seq_per_s(times, batch):
 
 def cmd_speed(args):
     steps = args.steps
+    try:
+        buckets = [int(b) for b in args.length_bucket.split(",") if b.strip() and int(b) > 0]
+    except ValueError:
+        sys.exit(f"--length-bucket: comma-separated integers, got {args.length_bucket!r}")
     print(
         f"MRPC fine-tuning step, MiniLM-L6-H384, batch {MRPC['batch']}, seq {MRPC['seq']}, {steps} steps"
     )
     rows = []
     for precision in args.precisions.split(","):
-        try:
-            buckets = [int(b) for b in args.length_bucket.split(",") if b.strip() and int(b) > 0]
-        except ValueError:
-            sys.exit(f"--length-bucket: comma-separated integers, got {args.length_bucket!r}")
         for bucket in [0, *buckets]:
             label = f"ours {precision}" + (f" buckets of {bucket}" if bucket else "")
             print(f"{label} ...", flush=True)

