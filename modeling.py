@@ -526,9 +526,13 @@ def bert_pooled_output(
     as `bert_encoder`'s pooled output for less work. Arguments as `bert_encoder`.
 
     Returns:
-      [B,H] in compute_dtype.
+      [B,H] in compute_dtype; [B,K,H] for packed features (the K [CLS] rows at cls_positions).
     """
     _, last_layer = _encode(params, config, features, training, dropout_seed, compute_dtype, xla)
+    if is_packed(features):
+        x = last_layer(tf.cast(features["cls_positions"], tf.int32))  # [B,K,H]
+        with ops.stage("cls"):
+            return _pooler(params, x)
     slot = _cls_slot(config)
     x = last_layer(slot + 1)
     with ops.stage("cls"):

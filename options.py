@@ -251,6 +251,9 @@ OPTIONS = [
         O("glue_dropout_prob", "float", 0.1, "dropout before the classifier"),
         O("num_seeds", "int", 1, "fine-tune this many times (seeds seed, seed+1, ...) and report "
           "mean and std of the dev metrics"),
+        O("pack_sequences", "int", 0, "0: each training example padded to seq_length; K >= 2: "
+          "each micro-batch's examples packed into rows of up to K (the same examples, loss and "
+          "gradients; no attention across examples)"),
     ], scopes=("glue",)),
 ]  # fmt: skip
 

@@ -215,18 +215,20 @@ def train_or_load(cfg, resolved, strategy, model, head, loss_fn, arrays, evaluat
         fresh = interop.head_prefixes([head])
         return [interop.load_into(source, model.params, allow_fresh=fresh).summary()]
 
+    dataset = train_dataset(arrays, cfg, cfg.loop.seed)
+    flops = flops_per_sample(resolved.config, cfg.data.seq_length)
+    if getattr(cfg.finetune, "pack_sequences", 0):  # R rows of seq_length for mb examples
+        flops *= dataset.element_spec["input_ids"].shape[1] / cfg.loop.micro_batch_size
     result = objectives.fit(
         cfg,
         strategy,
         model,
         loss_fn,
-        train_dataset(arrays, cfg, cfg.loop.seed),
+        dataset,
         tokens_fn=real_tokens,
         samples_per_epoch=len(arrays["input_ids"]),
-        # MFU counts seq_length positions per example; length-bucketed batches are shorter.
-        flops_per_sample=None
-        if cfg.finetune.length_bucket
-        else flops_per_sample(resolved.config, cfg.data.seq_length),
+        # MFU counts the positions of each step; length-bucketed steps vary (not counted).
+        flops_per_sample=None if cfg.finetune.length_bucket else flops,
         init=init,
         evaluate=evaluate,
     )
@@ -391,6 +393,9 @@ def train_dataset(arrays, cfg, seed):
             j = order * window + tf.random.experimental.index_shuffle(offset, seed2 + 1, size - 1)
         return j
 
+    per_pack = getattr(cfg.finetune, "pack_sequences", 0)
+    if per_pack:
+        return _packed_dataset(tensors, example_index, cfg, per_pack)
     # --compile-only compiles the full-length step, the largest of the bucketed ones.
     bucket = (
         0 if cfg.loop.compile_only or "input_mask" not in arrays else cfg.finetune.length_bucket
@@ -410,6 +415,34 @@ def train_dataset(arrays, cfg, seed):
     if bucket:
         ds = ds.map(lambda step: trim_to_length(step, bucket))
     return ds.prefetch(2)
+
+
+def _packed_dataset(tensors, example_index, cfg, per_pack):
+    """The unpacked stream's micro-batches, each packed into the same number of rows
+    (objectives/packed_batches.py), for the run's steps."""
+    import tensorflow as tf
+
+    from objectives import packed_batches
+
+    loop = cfg.loop
+    mb = loop.micro_batch_size
+    micro_batches = (loop.num_train_steps + packed_batches.PREFETCH_STEPS) * (
+        loop.global_batch_size // mb
+    )
+    positions = tf.data.Dataset.range(micro_batches * mb).map(
+        example_index, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    order = np.concatenate([b.numpy() for b in positions.batch(1 << 16)])
+    lengths = tensors["input_mask"].numpy().sum(-1)
+    plan = packed_batches.plan(lengths, order, mb, per_pack, cfg.data.seq_length)
+    print(packed_batches.describe(plan, lengths, order, cfg.data.seq_length), flush=True)
+    members = tf.constant(plan)
+    ds = tf.data.Dataset.range(micro_batches).map(
+        lambda m: packed_batches.packed_micro_batch(
+            tensors, tf.gather(members, m), cfg.data.seq_length
+        )
+    )
+    return ds.batch(loop.gradient_accumulation_count, drop_remainder=True).prefetch(2)
 
 
 WINDOW_STEPS = 64  # length bucketing sorts the examples of this many steps at a time

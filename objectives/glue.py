@@ -12,7 +12,7 @@ import numpy as np
 
 import objectives
 from common.errors import UserError
-from objectives import finetuning
+from objectives import finetuning, packed_batches
 
 FEATURES = ("input_ids", "input_mask", "segment_ids")
 DEFAULTS = {"task": "GLUE", "epochs": 3, "seq_length": 128}
@@ -26,14 +26,25 @@ def make_loss(regression, dropout):
 
         logits = finetuning.head_outputs(
             model, features, training, dropout_seed, compute_dtype, "classifier", dropout
-        )
+        )  # [B,C], or [B,K,C] packed (objectives/packed_batches.py)
+        weights = features.get("label_weights")  # packed: 1.0 for the real examples
+        if weights is not None:
+            logits = tf.reshape(logits, [-1, logits.shape[-1]])
+            weights = tf.reshape(weights, [-1])
+
+        def mean(values):  # over the examples (packed: the real ones, so as unpacked)
+            if weights is None:
+                return tf.reduce_mean(values)
+            return tf.reduce_sum(values * weights) / tf.reduce_sum(weights)
+
+        labels = tf.reshape(features["label_ids"], [-1])
         if regression:
-            error = logits[:, 0] - tf.cast(features["label_ids"], tf.float32)
-            return {"loss": tf.reduce_mean(tf.square(error))}
-        labels = tf.cast(features["label_ids"], tf.int32)
+            error = logits[:, 0] - tf.cast(labels, tf.float32)
+            return {"loss": mean(tf.square(error))}
+        labels = tf.cast(labels, tf.int32)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
         hit = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
-        return {"loss": tf.reduce_mean(ce), "acc": tf.reduce_mean(tf.cast(hit, tf.float32))}
+        return {"loss": mean(ce), "acc": mean(tf.cast(hit, tf.float32))}
 
     return loss
 
@@ -75,6 +86,7 @@ class GlueTask:
         if cfg.task != "GLUE":
             raise UserError(f"task is {cfg.task!r}: run_classifier.py runs task 'GLUE'")
         self.resolved = finetuning.resolve_model(cfg)
+        packed_batches.check(self.resolved.cfg, self.resolved.config)
         self.placement = finetuning.placement(self.resolved.cfg, self.resolved.config)
         cfg = self.resolved.cfg
         tune = cfg.finetune
