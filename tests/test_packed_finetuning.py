@@ -179,3 +179,27 @@ def test_groupbert_refuses_packed_fine_tuning():
     with pytest.raises(UserError, match="GroupBERT's convolution crosses sequence boundaries"):
         packed_batches.check(cfg, types.SimpleNamespace(groupbert=True))
     packed_batches.check(cfg, types.SimpleNamespace(groupbert=False))  # BERT: fine
+
+
+def test_a_restored_packed_stream_goes_on_where_it_stopped(tmp_path):
+    """The iterator position goes into the run's checkpoints: resumed, the stream continues."""
+    arrays = _arrays(40, np.random.default_rng(3), longest=SEQ // 2)
+    cfg = _stream_cfg(4, 1, 8, K)
+    whole = [e["input_ids"].numpy() for e in finetuning.train_dataset(arrays, cfg, seed=2)]
+    it = iter(finetuning.train_dataset(arrays, cfg, seed=2))
+    for _ in range(3):
+        next(it)
+    path = tf.train.Checkpoint(iterator=it).save(str(tmp_path / "ckpt"))
+    again = iter(finetuning.train_dataset(arrays, cfg, seed=2))
+    tf.train.Checkpoint(iterator=again).restore(path)
+    rest = [e["input_ids"].numpy() for e in again]
+    assert len(rest) == len(whole) - 3
+    for got, want in zip(rest, whole[3:]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_packed_fine_tuning_compile_only(capsys, tmp_path):
+    argv = ["--config", os.path.join(ROOT, "configs", "glue_tiny.json"), *TINY, "--generated-data"]
+    argv += ["--do-training", "--vocab-size", "100", "--compile-only", "--pack-sequences", "2"]
+    out = _run(run_classifier.main, [*argv, "--save-path", str(tmp_path)], capsys)
+    assert "Training graph successfully compiled" in out and "packed training batches" in out
