@@ -74,6 +74,8 @@ def ours_mrpc(seeds, steps=None, precision=None, extra=()):
     else:
         argv += ["--do-evaluation"]
     out = _run(argv)
+    for line in sorted(set(re.findall(r"^packed training batches: .*$", out, re.M))):
+        print(f"  {line}", flush=True)
     accuracies = [
         float(a) for a in re.findall(r"^dev \(\d+ examples\): accuracy: ([0-9.]+)", out, re.M)
     ]

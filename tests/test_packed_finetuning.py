@@ -124,14 +124,18 @@ NO_DROPOUT = ["--hidden-dropout-prob", "0", "--attention-probs-dropout-prob", "0
 NO_DROPOUT += ["--glue-dropout-prob", "0"]
 
 
+def _glue_argv(data_dir, vocab, *flags):
+    argv = ["--config", os.path.join(ROOT, "configs", "glue_tiny.json"), *TINY, *flags]
+    return argv + ["--task-name", "mrpc", "--data-dir", data_dir, "--vocab-file", vocab]
+
+
 def test_packed_fine_tuning_without_dropout_logs_the_losses_of_the_unpacked_run(
     tmp_path,
     capsys,
     sample_vocab,
     mrpc_dir,  # noqa: F811
 ):
-    argv = ["--config", os.path.join(ROOT, "configs", "glue_tiny.json"), *TINY, *NO_DROPOUT]
-    argv += ["--task-name", "mrpc", "--data-dir", mrpc_dir, "--vocab-file", sample_vocab]
+    argv = _glue_argv(mrpc_dir, sample_vocab, *NO_DROPOUT)
     argv += ["--epochs", "1", "--seed", "7", "--do-training", "--do-evaluation"]
     argv += ["--micro-batch-size", "8", "--global-batch-size", "8", "--seq-length", "128"]
     outs = {}
@@ -168,9 +172,8 @@ def test_bad_packing_settings_get_one_line(
     sample_vocab,
     mrpc_dir,  # noqa: F811
 ):
-    argv = ["--config", os.path.join(ROOT, "configs", "glue_tiny.json"), *TINY, *flags]
-    argv += ["--task-name", "mrpc", "--data-dir", mrpc_dir, "--vocab-file", sample_vocab]
-    _fails(run_classifier.main, argv + ["--do-training"], capsys, pattern)
+    argv = _glue_argv(mrpc_dir, sample_vocab, *flags, "--do-training")
+    _fails(run_classifier.main, argv, capsys, pattern)
 
 
 def test_groupbert_refuses_packed_fine_tuning():
