@@ -159,8 +159,13 @@ def create_groupbert_params(params, config, seed):
 
 
 def _onednn_enabled():
-    """TF's default on x86 Linux; TF_ENABLE_ONEDNN_OPTS=0 turns it off."""
-    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false")
+    """Whether TensorFlow runs oneDNN's kernels: by default only on x86 CPUs with AVX-512
+    VNNI/BF16 or AMX (not on AVX2-only ones); TF_ENABLE_ONEDNN_OPTS=0/1 forces it."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # no public API tells
+    except ImportError:
+        return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false")
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def grouped_conv1d(x, weight, input_mask=None, method="auto", xla=False):
